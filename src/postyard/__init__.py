@@ -1,0 +1,1 @@
+"""Postyard: lifecycle messaging routed to your own SMTP servers."""
