@@ -1,4 +1,4 @@
-"""The routing rules R1–R7 of the design brief, free of I/O.
+"""The routing rules R1-R7 of the design brief, free of I/O.
 
 Everything that decides which SMTP server may hold which delivery role, and
 which server carries a message of a given campaign type, lives here so that the
@@ -78,9 +78,9 @@ class Via(StrEnum):
 
 @dataclass(frozen=True)
 class Server:
-    """What the rules need to know of one custom SMTP server."""
+    """What the rules need to know of one custom SMTP server (`id` is None before it exists)."""
 
-    id: int
+    id: int | None
     name: str
     role: Role
     position: int
@@ -139,14 +139,14 @@ def check_servers(servers: Sequence[Server], changed: Server) -> None:
         )
         if holder is not None:
             raise RoleTaken(
-                f"The role {changed.role.label} is already held by server "
-                f"'{holder.name}' (id {holder.id}); set that server to another role first."
+                f"The role {changed.role.label} is already held by {describe(holder)}; "
+                "set that server to another role first."
             )
     if servers and not any(s.role == Role.ALL_EMAILS for s in servers):
         raise FallbackRequired(
-            f"Server '{changed.name}' (id {changed.id}) cannot become "
-            f"{changed.role.label}: at least one server must stay All Emails as the "
-            "fallback for campaign types without a server of their own."
+            f"{_capitalized(describe(changed))} cannot be {changed.role.label}: at least one "
+            "server must be All Emails, the fallback for campaign types without a server "
+            "of their own."
         )
 
 
@@ -162,9 +162,19 @@ def check_delete(servers: Sequence[Server], server_id: int) -> None:
     remaining = [s for s in servers if s.id != server_id]
     if remaining and not any(s.role == Role.ALL_EMAILS for s in remaining):
         raise FallbackRequired(
-            f"Server '{doomed.name}' (id {doomed.id}) is the only All Emails server; "
+            f"{_capitalized(describe(doomed))} is the only All Emails server; "
             "set another server to All Emails before deleting it."
         )
+
+
+def describe(server: Server) -> str:
+    if server.id is None:
+        return f"the new server '{server.name}'"
+    return f"server '{server.name}' (id {server.id})"
+
+
+def _capitalized(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _find(servers: Sequence[Server], server_id: int) -> Server:
@@ -189,22 +199,30 @@ class Route:
 
     @property
     def explanation(self) -> str:
-        if self.server is None:
-            return "no custom SMTP server: the instance's default relay, if configured"
-        if self.via == Via.SPECIFIC:
+        if self.via == Via.SPECIFIC and self.server is not None:
             return f"specific: '{self.server.name}' is set to {self.campaign_type.label}"
-        return f"fallback: no server is set to {self.campaign_type.label}"
+        if self.via == Via.FALLBACK:
+            return f"fallback: no server is set to {self.campaign_type.label}"
+        if self.via == Via.DEFAULT_RELAY:
+            return "no custom SMTP server: the instance's default relay carries it"
+        return "no custom SMTP server and no default relay: messages wait as deferred (no_route)"
 
 
-def resolve(servers: Sequence[Server], campaign_type: CampaignType) -> Route:
-    """R5: the server set to the type's role, else the primary All Emails server."""
+def resolve(
+    servers: Sequence[Server], campaign_type: CampaignType, has_default_relay: bool = False
+) -> Route:
+    """R5: the server set to the type's role, else the primary All Emails server.
+
+    R7: with no server at all, the instance's default relay if there is one;
+    otherwise no route, and the message waits.
+    """
     specific = next((s for s in servers if s.role == campaign_type.role), None)
     if specific is not None:
         return Route(campaign_type, specific, Via.SPECIFIC)
     fallback = primary_fallback(servers)
     if fallback is not None:
         return Route(campaign_type, fallback, Via.FALLBACK)
-    return Route(campaign_type, None, None)
+    return Route(campaign_type, None, Via.DEFAULT_RELAY if has_default_relay else None)
 
 
 @dataclass(frozen=True)
@@ -221,9 +239,9 @@ class RoutingTable:
     idle: list[IdleServer]
 
 
-def routing_table(servers: Sequence[Server]) -> RoutingTable:
+def routing_table(servers: Sequence[Server], has_default_relay: bool = False) -> RoutingTable:
     """The effective routing of every campaign type, and the servers left idle."""
-    routes = [resolve(servers, campaign_type) for campaign_type in CampaignType]
+    routes = [resolve(servers, t, has_default_relay) for t in CampaignType]
     used = {route.server.id for route in routes if route.server is not None}
     primary = primary_fallback(servers)
     idle = [

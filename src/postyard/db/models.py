@@ -74,7 +74,12 @@ class SmtpServer(Base):
 
 
 class Delivery(Base):
-    """One message to one recipient: the outbox row the worker claims and records."""
+    """One message to one recipient: the outbox row the worker claims and records.
+
+    While a row is `sending`, `next_attempt_at` is when its lease runs out: a
+    worker that dies leaves the row to be claimed again at that moment, by the
+    same query that claims queued and deferred rows.
+    """
 
     __tablename__ = "deliveries"
     __table_args__ = (
@@ -99,7 +104,6 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime)
     expires_at: Mapped[datetime] = mapped_column(DateTime)
     lease_owner: Mapped[str | None] = mapped_column(String(100))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     smtp_server_id: Mapped[int | None] = mapped_column(Integer)
     route_via: Mapped[str | None] = mapped_column(String(20))
     last_error: Mapped[str | None] = mapped_column(Text)

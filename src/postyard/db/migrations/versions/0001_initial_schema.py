@@ -62,7 +62,6 @@ def upgrade() -> None:
         sa.Column("next_attempt_at", sa.DateTime(), nullable=False),
         sa.Column("expires_at", sa.DateTime(), nullable=False),
         sa.Column("lease_owner", sa.String(length=100), nullable=True),
-        sa.Column("lease_expires_at", sa.DateTime(), nullable=True),
         sa.Column("smtp_server_id", sa.Integer(), nullable=True),
         sa.Column("route_via", sa.String(length=20), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),

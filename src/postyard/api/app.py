@@ -1,0 +1,53 @@
+"""The ASGI application: REST API, and in `postyard serve` the delivery worker beside it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from postyard.api import deliveries, routing, smtp_servers
+from postyard.api.context import AppContext
+from postyard.api.errors import install_error_handlers
+from postyard.api.limits import BodySizeLimit
+from postyard.config import Settings
+from postyard.db.engine import Database
+from postyard.delivery.worker import Worker
+from postyard.secretbox import secret_box
+
+
+def create_app(
+    settings: Settings, database: Database | None = None, *, run_worker: bool = False
+) -> FastAPI:
+    database = database or Database(settings.database_url)
+    context = AppContext(settings=settings, database=database, box=secret_box(settings))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if not run_worker:
+            yield
+            return
+        stop = asyncio.Event()
+        worker = asyncio.create_task(
+            Worker(database, settings, box=context.box).run(stop), name="delivery-worker"
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            await worker
+
+    app = FastAPI(
+        title="Postyard",
+        summary="Lifecycle messaging routed to your own SMTP servers by campaign type.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.context = context
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    for module in (smtp_servers, routing, deliveries):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,80 @@
+"""Every error leaves the API as `{"error": {"code", "message"}}` with a 4xx status.
+
+Unexpected exceptions become a 500 with no detail in the body: the traceback
+goes to the log, which never holds secrets, and nothing of it to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from postyard.routing import PlanLimit, RuleViolation
+from postyard.services.errors import ServiceError
+
+log = logging.getLogger(__name__)
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, error: ServiceError) -> JSONResponse:
+        return error_response(error.status, error.code, error.message)
+
+    @app.exception_handler(RuleViolation)
+    async def rule_violation(_: Request, error: RuleViolation) -> JSONResponse:
+        status = 403 if isinstance(error, PlanLimit) else 409
+        return error_response(status, error.code, error.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = error.errors()
+        if any(_is_unparsed_body(problem) for problem in problems):
+            return error_response(
+                400,
+                "malformed_json",
+                "The request body is not valid JSON (Content-Type: application/json).",
+            )
+        return error_response(
+            422, "invalid_request", "; ".join(_describe(problem) for problem in problems)
+        )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(error.status_code, "http_error")
+        message = str(error.detail)
+        if error.status_code in {404, 405} and message in {"Not Found", "Method Not Allowed"}:
+            message = f"There is no endpoint {request.method} {request.url.path}."
+        return error_response(error.status_code, code, message)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+def _is_unparsed_body(problem: dict[str, Any]) -> bool:
+    """Broken JSON, or a body sent without a JSON content type, which arrives as raw bytes."""
+    raw_body = tuple(problem["loc"]) == ("body",) and isinstance(problem.get("input"), bytes | str)
+    return problem["type"] == "json_invalid" or raw_body
+
+
+def _describe(problem: dict[str, Any]) -> str:
+    """One problem as a person would say it: where, then what."""
+    location = ".".join(str(part) for part in problem["loc"] if part not in {"body", "query"})
+    if problem["type"] == "extra_forbidden":
+        return f"unknown field '{location}'"
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    return f"{location}: {message}" if location else message

@@ -1,0 +1,66 @@
+"""Validated field types shared by the schemas: what may go into a header or an envelope."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from email.utils import formataddr, getaddresses
+from typing import Annotated
+
+from email_validator import EmailNotValidError, validate_email
+from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
+
+STRICT = ConfigDict(extra="forbid")
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$"
+)
+
+
+def _single_line(value: str) -> str:
+    """CR or LF in a header value would let the value start headers of its own."""
+    if "\r" in value or "\n" in value:
+        raise ValueError("must be a single line (no CR or LF characters)")
+    return value
+
+
+def _address(value: str) -> str:
+    try:
+        return validate_email(value, check_deliverability=False).normalized
+    except EmailNotValidError as error:
+        raise ValueError(f"'{value}' is not a valid email address: {error}") from None
+
+
+def _mailbox(value: str) -> str:
+    """An address with an optional display name: `Acme News <news@acme.example>`."""
+    _single_line(value)
+    mailboxes = getaddresses([value])
+    if len(mailboxes) != 1 or not mailboxes[0][1]:
+        raise ValueError(f"'{value}' must be exactly one email address")
+    name, address = mailboxes[0]
+    return formataddr((name, _address(address))) if name else _address(address)
+
+
+def _host(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(value):
+        raise ValueError(f"'{value}' is not a host name or IP address")
+    return value.rstrip(".").lower()
+
+
+HeaderLine = Annotated[str, StringConstraints(max_length=998), AfterValidator(_single_line)]
+Name = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(_single_line),
+]
+EmailAddress = Annotated[str, StringConstraints(max_length=320), AfterValidator(_address)]
+Mailbox = Annotated[str, StringConstraints(max_length=998), AfterValidator(_mailbox)]
+Host = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_host)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Position = Annotated[int, Field(ge=1)]
+MaxConnections = Annotated[int, Field(ge=1, le=100)]

@@ -1,0 +1,1 @@
+"""The delivery engine: outbox claims, SMTP connection pools, retries and the worker."""

@@ -1,0 +1,187 @@
+"""The outbox: rows go in as `queued`; workers claim them under a lease and record outcomes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from email.utils import parseaddr
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from postyard.db.models import Delivery, Suppression
+from postyard.delivery.policy import CLAIMABLE, Status
+
+
+@dataclass(frozen=True)
+class Letter:
+    """The content and addressing of one message, as queued."""
+
+    campaign_type: str
+    to_address: str
+    from_address: str
+    subject: str
+    text_body: str | None = None
+    html_body: str | None = None
+    reply_to: str | None = None
+    campaign_id: int | None = None
+    person_id: str | None = None
+
+
+def enqueue(
+    session: Session, workspace_id: int, letter: Letter, now: datetime, lifetime: timedelta
+) -> Delivery:
+    """Queue one message, or record it as suppressed when its address is on the list."""
+    suppressed = is_suppressed(session, workspace_id, letter.to_address)
+    delivery = Delivery(
+        workspace_id=workspace_id,
+        campaign_type=letter.campaign_type,
+        campaign_id=letter.campaign_id,
+        person_id=letter.person_id,
+        to_address=letter.to_address,
+        from_address=letter.from_address,
+        reply_to=letter.reply_to,
+        subject=letter.subject,
+        text_body=letter.text_body,
+        html_body=letter.html_body,
+        message_id=new_message_id(letter.from_address),
+        status=Status.SUPPRESSED if suppressed else Status.QUEUED,
+        attempts=0,
+        next_attempt_at=now,
+        expires_at=now + lifetime,
+        last_error="address is on the workspace's suppression list" if suppressed else None,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(delivery)
+    session.flush()
+    return delivery
+
+
+def new_message_id(from_address: str) -> str:
+    """A Message-ID fixed at queue time, so every retry of a message carries the same one."""
+    domain = parseaddr(from_address)[1].rpartition("@")[2] or "postyard.invalid"
+    return f"<{uuid.uuid4().hex}@{domain}>"
+
+
+def is_suppressed(session: Session, workspace_id: int, address: str) -> bool:
+    return bool(suppressed_among(session, workspace_id, [address]))
+
+
+def suppressed_among(session: Session, workspace_id: int, addresses: Sequence[str]) -> set[str]:
+    rows = session.scalars(
+        select(Suppression.email).where(
+            Suppression.workspace_id == workspace_id,
+            Suppression.email.in_({address.lower() for address in addresses}),
+        )
+    )
+    return set(rows)
+
+
+def suppress(session: Session, workspace_id: int, address: str, reason: str) -> None:
+    """Add an address to the list; already being on it is not an error."""
+    insert = postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+    session.execute(
+        insert(Suppression)
+        .values(workspace_id=workspace_id, email=address.lower(), reason=reason)
+        .on_conflict_do_nothing()
+    )
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery a worker holds the lease on, detached from any session."""
+
+    id: int
+    workspace_id: int
+    campaign_type: str
+    to_address: str
+    from_address: str
+    reply_to: str | None
+    subject: str
+    text_body: str | None
+    html_body: str | None
+    message_id: str
+    attempts: int
+    expires_at: datetime
+
+
+_CLAIMED_COLUMNS = [getattr(Delivery, name) for name in Claimed.__dataclass_fields__]
+
+
+def claim(
+    session: Session, owner: str, limit: int, now: datetime, lease: timedelta
+) -> list[Claimed]:
+    """Take up to `limit` due deliveries, counting this as an attempt of each.
+
+    Due means queued or deferred with its next attempt reached, or sending with
+    its lease run out. PostgreSQL skips rows other workers are claiming; SQLite
+    serialises writers, which has the same effect.
+    """
+    due = (
+        select(Delivery.id)
+        .where(
+            Delivery.status.in_([*CLAIMABLE, Status.SENDING]),
+            Delivery.next_attempt_at <= now,
+        )
+        .order_by(Delivery.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = session.execute(
+        update(Delivery)
+        .where(Delivery.id.in_(due.scalar_subquery()))
+        .values(
+            status=Status.SENDING,
+            lease_owner=owner,
+            next_attempt_at=now + lease,
+            attempts=Delivery.attempts + 1,
+            updated_at=now,
+        )
+        .returning(*_CLAIMED_COLUMNS)
+    )
+    return [Claimed(*row) for row in rows]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed delivery."""
+
+    delivery_id: int
+    status: Status
+    next_attempt_at: datetime
+    smtp_server_id: int | None = None
+    route_via: str | None = None
+    smtp_response: str | None = None
+    last_error: str | None = None
+    sent_at: datetime | None = None
+
+
+def record(session: Session, owner: str, outcomes: Sequence[Outcome], now: datetime) -> None:
+    """Write outcomes for rows this worker still leases; a row another worker took is left."""
+    if not outcomes:
+        return
+    table = Delivery.__table__
+    statement = (
+        update(table)
+        .where(
+            table.c.id == bindparam("new_delivery_id"),
+            table.c.lease_owner == owner,
+            table.c.status == Status.SENDING,
+        )
+        .values(
+            {name: bindparam(f"new_{name}") for name in _OUTCOME_COLUMNS},
+            lease_owner=None,
+            updated_at=now,
+        )
+    )
+    session.connection().execute(
+        statement,
+        [{f"new_{name}": value for name, value in asdict(o).items()} for o in outcomes],
+    )
+
+
+_OUTCOME_COLUMNS = [name for name in Outcome.__dataclass_fields__ if name != "delivery_id"]

@@ -1,0 +1,1 @@
+"""Use cases: each function is one thing a user does, in one transaction."""

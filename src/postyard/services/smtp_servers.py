@@ -1,0 +1,171 @@
+"""Configuring a workspace's custom SMTP servers under the routing rules.
+
+Every change is checked against `postyard.routing` on the state the workspace
+would have afterwards; a refused change raises before anything is written.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from postyard import routing
+from postyard.db.models import SmtpServer
+from postyard.routing import Role
+from postyard.secretbox import SecretBox
+from postyard.services.errors import Conflict, InvalidInput, NotFound
+from postyard.services.workspaces import Caller, lock_workspace
+
+
+class Security(StrEnum):
+    STARTTLS = "starttls"
+    TLS = "tls"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class ServerFields:
+    """What a user sets when adding a server; `role` and `position` default by the rules."""
+
+    name: str
+    host: str
+    port: int
+    security: Security
+    username: str | None = None
+    password: str | None = None
+    ca_bundle: str | None = None
+    role: Role | None = None
+    position: int | None = None
+    max_connections: int = 4
+
+
+def list_servers(session: Session, caller: Caller) -> list[SmtpServer]:
+    return list(
+        session.scalars(
+            select(SmtpServer)
+            .where(SmtpServer.workspace_id == caller.workspace_id)
+            .order_by(SmtpServer.position, SmtpServer.id)
+        )
+    )
+
+
+def get_server(session: Session, caller: Caller, server_id: int) -> SmtpServer:
+    server = session.get(SmtpServer, server_id)
+    if server is None or server.workspace_id != caller.workspace_id:
+        raise NotFound(f"No SMTP server with id {server_id} in this workspace.")
+    return server
+
+
+def as_rule_servers(servers: list[SmtpServer]) -> list[routing.Server]:
+    return [routing.Server(s.id, s.name, Role(s.role), s.position) for s in servers]
+
+
+def create_server(
+    session: Session, caller: Caller, fields: ServerFields, box: SecretBox
+) -> SmtpServer:
+    lock_workspace(session, caller.workspace_id)
+    existing = list_servers(session, caller)
+    routing.check_plan_allows_another(caller.plan, len(existing))
+    _check_name_free(existing, fields.name)
+    _check_ca_bundle(fields.ca_bundle)
+    role = fields.role or routing.default_role(as_rule_servers(existing))
+    server = SmtpServer(
+        workspace_id=caller.workspace_id,
+        name=fields.name,
+        host=fields.host,
+        port=fields.port,
+        security=fields.security.value,
+        username=fields.username,
+        password_encrypted=box.encrypt(fields.password) if fields.password else None,
+        ca_bundle=fields.ca_bundle,
+        role=role.value,
+        position=len(existing) + 1,
+        max_connections=fields.max_connections,
+    )
+    proposed = routing.Server(None, server.name, role, server.position)
+    routing.check_servers([*as_rule_servers(existing), proposed], proposed)
+    session.add(server)
+    session.flush()
+    if fields.position is not None:
+        _move(existing, server, fields.position)
+    return server
+
+
+def update_server(
+    session: Session,
+    caller: Caller,
+    server_id: int,
+    changes: Mapping[str, Any],
+    box: SecretBox,
+) -> SmtpServer:
+    """Apply the fields present in `changes`; a `None` password clears the stored one."""
+    lock_workspace(session, caller.workspace_id)
+    server = get_server(session, caller, server_id)
+    servers = list_servers(session, caller)
+    others = [s for s in servers if s.id != server.id]
+    if "role" in changes:
+        routing.check_role_change(as_rule_servers(servers), server.id, changes["role"])
+        server.role = Role(changes["role"]).value
+    if "name" in changes:
+        _check_name_free(others, changes["name"])
+    if "ca_bundle" in changes:
+        _check_ca_bundle(changes["ca_bundle"])
+    if "password" in changes:
+        password = changes["password"]
+        server.password_encrypted = box.encrypt(password) if password else None
+    for field in ("name", "host", "port", "username", "ca_bundle", "max_connections"):
+        if field in changes:
+            setattr(server, field, changes[field])
+    if "security" in changes:
+        server.security = Security(changes["security"]).value
+    if "position" in changes:
+        _move(others, server, changes["position"])
+    return server
+
+
+def delete_server(session: Session, caller: Caller, server_id: int) -> None:
+    lock_workspace(session, caller.workspace_id)
+    server = get_server(session, caller, server_id)
+    servers = list_servers(session, caller)
+    routing.check_delete(as_rule_servers(servers), server.id)
+    session.delete(server)
+    _renumber([s for s in servers if s.id != server.id])
+
+
+def _move(others: list[SmtpServer], server: SmtpServer, position: int) -> None:
+    """Place `server` at 1-based `position` among `others`, keeping positions 1..n."""
+    index = max(0, min(position - 1, len(others)))
+    ordered = sorted(others, key=lambda s: (s.position, s.id))
+    ordered.insert(index, server)
+    _renumber(ordered)
+
+
+def _renumber(ordered: list[SmtpServer]) -> None:
+    for position, server in enumerate(ordered, start=1):
+        if server.position != position:
+            server.position = position
+
+
+def _check_name_free(servers: list[SmtpServer], name: str) -> None:
+    holder = next((s for s in servers if s.name == name), None)
+    if holder is not None:
+        raise Conflict(
+            f"Another SMTP server (id {holder.id}) is already named '{name}'.", code="name_taken"
+        )
+
+
+def _check_ca_bundle(ca_bundle: str | None) -> None:
+    if not ca_bundle:
+        return
+    try:
+        ssl.create_default_context(cadata=ca_bundle)
+    except (ssl.SSLError, ValueError) as error:
+        raise InvalidInput(
+            f"ca_bundle is not a PEM certificate bundle: {error}", code="invalid_ca_bundle"
+        ) from None

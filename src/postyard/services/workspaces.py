@@ -1,0 +1,68 @@
+"""Workspaces and the API keys that act for them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from postyard.clock import utcnow
+from postyard.db.models import ApiKey, Workspace
+from postyard.routing import Plan
+from postyard.secretbox import hash_api_key, new_api_key
+
+# Recording every request's time would make each read a write; a minute is precise enough.
+LAST_USED_PRECISION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The workspace an authenticated request acts for."""
+
+    workspace_id: int
+    plan: Plan
+    key_id: int
+
+
+@dataclass(frozen=True)
+class NewWorkspace:
+    workspace_id: int
+    api_key: str
+
+
+def create_workspace(session: Session, name: str, plan: Plan) -> NewWorkspace:
+    workspace = Workspace(name=name, plan=plan.value)
+    session.add(workspace)
+    session.flush()
+    api_key = new_api_key()
+    session.add(ApiKey(workspace_id=workspace.id, name="default", key_hash=hash_api_key(api_key)))
+    return NewWorkspace(workspace.id, api_key)
+
+
+def authenticate(session: Session, api_key: str) -> Caller | None:
+    row = session.execute(
+        select(ApiKey.id, ApiKey.last_used_at, Workspace.id, Workspace.plan)
+        .join(Workspace, Workspace.id == ApiKey.workspace_id)
+        .where(ApiKey.key_hash == hash_api_key(api_key), ApiKey.revoked_at.is_(None))
+    ).one_or_none()
+    if row is None:
+        return None
+    key_id, last_used_at, workspace_id, plan = row
+    now = utcnow()
+    if last_used_at is None or now - last_used_at > LAST_USED_PRECISION:
+        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
+    return Caller(workspace_id, Plan(plan), key_id)
+
+
+def lock_workspace(session: Session, workspace_id: int) -> None:
+    """Serialise changes to one workspace's configuration.
+
+    A no-op update takes the row lock on PostgreSQL and the write lock on
+    SQLite, so two concurrent requests cannot both pass a rule check (the plan
+    cap, a role held once) that only one of them may pass.
+    """
+    session.execute(
+        update(Workspace).where(Workspace.id == workspace_id).values(plan=Workspace.plan)
+    )
