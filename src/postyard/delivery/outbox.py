@@ -173,9 +173,8 @@ def record(session: Session, owner: str, outcomes: Sequence[Outcome], now: datet
             table.c.status == Status.SENDING,
         )
         .values(
-            {name: bindparam(f"new_{name}") for name in _OUTCOME_COLUMNS},
-            lease_owner=None,
-            updated_at=now,
+            {name: bindparam(f"new_{name}") for name in _OUTCOME_COLUMNS}
+            | {"lease_owner": None, "updated_at": now}
         )
     )
     session.connection().execute(
