@@ -6,6 +6,7 @@ their own and hand it in, so two instances never share hidden state.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -58,6 +59,8 @@ def _parse(name: str, raw: str, default: object) -> object:
         value = type(default)(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number, not {raw!r}")
     if value <= 0:
         raise ConfigError(f"{name} must be greater than zero, not {raw!r}")
     return value

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from email.utils import formataddr, getaddresses
+from email.headerregistry import Address
+from email.utils import getaddresses
 from typing import Annotated
 
+from annotated_types import Interval
 from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
 
@@ -25,6 +27,13 @@ def _single_line(value: str) -> str:
     return value
 
 
+def _no_nul(value: str) -> str:
+    """PostgreSQL cannot store NUL in text: refuse it as bad input rather than fail on insert."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
 def _address(value: str) -> str:
     try:
         return validate_email(value, check_deliverability=False).normalized
@@ -39,7 +48,8 @@ def _mailbox(value: str) -> str:
     if len(mailboxes) != 1 or not mailboxes[0][1]:
         raise ValueError(f"'{value}' must be exactly one email address")
     name, address = mailboxes[0]
-    return formataddr((name, _address(address))) if name else _address(address)
+    normalized = _address(address)
+    return str(Address(display_name=name, addr_spec=normalized)) if name else normalized
 
 
 def _host(value: str) -> str:
@@ -52,15 +62,24 @@ def _host(value: str) -> str:
     return value.rstrip(".").lower()
 
 
-HeaderLine = Annotated[str, StringConstraints(max_length=998), AfterValidator(_single_line)]
+HeaderLine = Annotated[
+    str, StringConstraints(max_length=998), AfterValidator(_single_line), AfterValidator(_no_nul)
+]
 Name = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
     AfterValidator(_single_line),
+    AfterValidator(_no_nul),
 ]
+Text = Annotated[str, AfterValidator(_no_nul)]
 EmailAddress = Annotated[str, StringConstraints(max_length=320), AfterValidator(_address)]
-Mailbox = Annotated[str, StringConstraints(max_length=998), AfterValidator(_mailbox)]
+Mailbox = Annotated[
+    str, StringConstraints(max_length=998), AfterValidator(_no_nul), AfterValidator(_mailbox)
+]
 Host = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_host)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Position = Annotated[int, Field(ge=1)]
 MaxConnections = Annotated[int, Field(ge=1, le=100)]
+# Ids in paths and filters: the id columns are 32-bit INTEGER on PostgreSQL, and a larger
+# number must be refused as input, not reach the driver (which raises: a 500).
+RowId = Annotated[int, Interval(ge=1, le=2_147_483_647)]

@@ -40,9 +40,19 @@ class Reply:
         return self.text if self.code is None else f"{self.code} {self.text}"
 
 
+# 530 (RFC 4954/3207: authentication or STARTTLS required) says the session was not set up
+# as the server wants, nothing about the message: a server configured without credentials
+# must not fail every message queued for it, so it is retried like a connection failure.
+SESSION_REPLY_CODES = frozenset({530})
+
+
 def is_permanent(reply: Reply) -> bool:
     """5xx fails the message; 4xx, timeouts and lost connections (no code) are retried."""
-    return reply.code is not None and 500 <= reply.code < 600
+    return (
+        reply.code is not None
+        and 500 <= reply.code < 600
+        and reply.code not in SESSION_REPLY_CODES
+    )
 
 
 def is_hard_bounce(reply: Reply) -> bool:
@@ -59,7 +69,10 @@ class RetryPolicy:
 
     def delay(self, attempts: int, rng: random.Random | None = None) -> timedelta:
         """Exponential backoff with jitter, so a recovering server is not hit in lockstep."""
-        exponential = min(self.base_seconds * 2 ** max(attempts - 1, 0), self.max_seconds)
+        # The exponent is bounded so that a long-lived message retried thousands of times
+        # (a small max_seconds) cannot overflow float conversion; 2**1023 is past any cap.
+        doublings = min(max(attempts - 1, 0), 1023)
+        exponential = min(self.base_seconds * 2**doublings, self.max_seconds)
         jitter = (rng or random).uniform(0.5, 1.0)
         return timedelta(seconds=exponential * jitter)
 
