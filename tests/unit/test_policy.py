@@ -18,7 +18,7 @@ from postyard.delivery.policy import (
 )
 
 NOW = datetime(2024, 5, 1, 12, 0, 0)
-POLICY = RetryPolicy(base_seconds=60.0, max_seconds=3600.0, lifetime_seconds=3 * 24 * 3600.0)
+POLICY = RetryPolicy(base_seconds=60.0, max_seconds=3600.0)
 
 
 def nominal(policy: RetryPolicy, attempts: int) -> float:
@@ -134,7 +134,7 @@ def test_delay_doubles_with_each_attempt_until_the_cap(attempts: int) -> None:
 
 
 def test_delay_is_capped_at_max_seconds() -> None:
-    policy = RetryPolicy(base_seconds=10.0, max_seconds=100.0, lifetime_seconds=10_000.0)
+    policy = RetryPolicy(base_seconds=10.0, max_seconds=100.0)
     jitter = random.Random(7).uniform(0.5, 1.0)
     for attempts in (5, 6, 10, 50):
         delay = policy.delay(attempts, random.Random(7))

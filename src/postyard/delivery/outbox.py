@@ -61,9 +61,31 @@ def enqueue(
     return delivery
 
 
+def retry_deferred_now(session: Session, workspace_id: int, now: datetime) -> None:
+    """Bring a workspace's deferred mail forward after its servers changed.
+
+    A deferred message waits out its backoff; once a server is added, edited or
+    given another role it may have a working route at once (R6, R7), and an
+    hour's wait for the next scheduled attempt would hide that.
+    """
+    session.execute(
+        update(Delivery)
+        .where(
+            Delivery.workspace_id == workspace_id,
+            Delivery.status == Status.DEFERRED,
+            Delivery.next_attempt_at > now,
+        )
+        .values(next_attempt_at=now)
+    )
+
+
 def new_message_id(from_address: str) -> str:
     """A Message-ID fixed at queue time, so every retry of a message carries the same one."""
     domain = parseaddr(from_address)[1].rpartition("@")[2] or "postyard.invalid"
+    try:  # a header must be ASCII: an internationalised domain goes in its IDNA form
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        domain = "postyard.invalid"
     return f"<{uuid.uuid4().hex}@{domain}>"
 
 

@@ -49,9 +49,7 @@ SESSION_REPLY_CODES = frozenset({530})
 def is_permanent(reply: Reply) -> bool:
     """5xx fails the message; 4xx, timeouts and lost connections (no code) are retried."""
     return (
-        reply.code is not None
-        and 500 <= reply.code < 600
-        and reply.code not in SESSION_REPLY_CODES
+        reply.code is not None and 500 <= reply.code < 600 and reply.code not in SESSION_REPLY_CODES
     )
 
 
@@ -65,7 +63,6 @@ def is_hard_bounce(reply: Reply) -> bool:
 class RetryPolicy:
     base_seconds: float
     max_seconds: float
-    lifetime_seconds: float
 
     def delay(self, attempts: int, rng: random.Random | None = None) -> timedelta:
         """Exponential backoff with jitter, so a recovering server is not hit in lockstep."""

@@ -80,11 +80,7 @@ class Worker:
         self.clock = clock
         self.owner = f"{settings.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.box = box or secret_box(settings)
-        self.policy = RetryPolicy(
-            settings.retry_base_seconds,
-            settings.retry_max_seconds,
-            settings.message_lifetime_seconds,
-        )
+        self.policy = RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
         self.pools = Pools(settings.hostname)
         self.default_relay = (
             default_relay(settings.default_smtp_url, settings.smtp_timeout_seconds)

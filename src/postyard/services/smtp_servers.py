@@ -16,7 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from postyard import routing
+from postyard.clock import utcnow
 from postyard.db.models import SmtpServer
+from postyard.delivery import outbox
 from postyard.routing import Role
 from postyard.secretbox import SecretBox
 from postyard.services.errors import Conflict, InvalidInput, NotFound
@@ -94,6 +96,7 @@ def create_server(
     session.flush()
     if fields.position is not None:
         _move(existing, server, fields.position)
+    outbox.retry_deferred_now(session, caller.workspace_id, utcnow())
     return server
 
 
@@ -126,6 +129,7 @@ def update_server(
         server.security = Security(changes["security"]).value
     if "position" in changes:
         _move(others, server, changes["position"])
+    outbox.retry_deferred_now(session, caller.workspace_id, utcnow())
     return server
 
 
@@ -136,6 +140,7 @@ def delete_server(session: Session, caller: Caller, server_id: int) -> None:
     routing.check_delete(as_rule_servers(servers), server.id)
     session.delete(server)
     _renumber([s for s in servers if s.id != server.id])
+    outbox.retry_deferred_now(session, caller.workspace_id, utcnow())
 
 
 def _move(others: list[SmtpServer], server: SmtpServer, position: int) -> None:
@@ -164,8 +169,10 @@ def _check_ca_bundle(ca_bundle: str | None) -> None:
     if not ca_bundle:
         return
     try:
+        if "\x00" in ca_bundle:
+            raise ValueError("it contains a NUL character")
         ssl.create_default_context(cadata=ca_bundle)
-    except (ssl.SSLError, ValueError) as error:
+    except (ssl.SSLError, ValueError, TypeError) as error:  # TypeError: non-ASCII text
         raise InvalidInput(
             f"ca_bundle is not a PEM certificate bundle: {error}", code="invalid_ca_bundle"
         ) from None
