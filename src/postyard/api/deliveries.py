@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from postyard.api.context import Context, CurrentCaller
-from postyard.api.fields import STRICT, EmailAddress, HeaderLine, Mailbox
+from postyard.api.fields import STRICT, EmailAddress, HeaderLine, Mailbox, RowId, Text
 from postyard.clock import isoformat
 from postyard.db.models import Delivery
 from postyard.delivery.outbox import Letter
@@ -22,15 +22,15 @@ router = APIRouter(tags=["Deliveries"])
 
 
 class TestMessage(BaseModel):
-    model_config = STRICT | {"populate_by_name": True}
+    model_config = STRICT
 
     campaign_type: CampaignType
     to: EmailAddress
     from_: Mailbox = Field(alias="from")
     reply_to: Mailbox | None = None
     subject: HeaderLine
-    text: str
-    html: str | None = None
+    text: Text
+    html: Text | None = None
 
 
 class DeliveryOut(BaseModel):
@@ -103,13 +103,13 @@ def queue_test_message(body: TestMessage, caller: CurrentCaller, context: Contex
 def list_deliveries(
     caller: CurrentCaller,
     context: Context,
-    campaign_id: int | None = None,
-    person_id: str | None = None,
+    campaign_id: RowId | None = None,
+    person_id: Text | None = None,
     status: Status | None = None,
     campaign_type: CampaignType | None = None,
-    smtp_server_id: int | None = None,
+    smtp_server_id: RowId | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    before: int | None = None,
+    before: RowId | None = None,
 ) -> DeliveryPage:
     where = DeliveryFilter(campaign_id, person_id, status, campaign_type, smtp_server_id)
     with context.database.session() as session:
@@ -120,6 +120,6 @@ def list_deliveries(
 
 
 @router.get("/v1/deliveries/{delivery_id}", response_model_by_alias=True)
-def get_delivery(delivery_id: int, caller: CurrentCaller, context: Context) -> DeliveryOut:
+def get_delivery(delivery_id: RowId, caller: CurrentCaller, context: Context) -> DeliveryOut:
     with context.database.session() as session:
         return DeliveryOut.of(deliveries.get_delivery(session, caller, delivery_id))

@@ -19,7 +19,13 @@ from postyard.services.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+# FastAPI raises a bare 400 only when it cannot decode the body (invalid UTF-8, nesting too deep).
+HTTP_CODES = {
+    400: "malformed_json",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
 
 
 def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
@@ -31,7 +37,8 @@ def error_response(status: int, code: str, message: str, **headers: str) -> JSON
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, error: ServiceError) -> JSONResponse:
-        return error_response(error.status, error.code, error.message)
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
+        return error_response(error.status, error.code, error.message, **headers)
 
     @app.exception_handler(RuleViolation)
     async def rule_violation(_: Request, error: RuleViolation) -> JSONResponse:
@@ -73,7 +80,7 @@ def _is_unparsed_body(problem: dict[str, Any]) -> bool:
 
 def _describe(problem: dict[str, Any]) -> str:
     """One problem as a person would say it: where, then what."""
-    location = ".".join(str(part) for part in problem["loc"] if part not in {"body", "query"})
+    location = ".".join(str(part) for part in problem["loc"] if part not in {"body", "query", "path"})
     if problem["type"] == "extra_forbidden":
         return f"unknown field '{location}'"
     message = str(problem["msg"]).removeprefix("Value error, ")

@@ -8,9 +8,8 @@ from email.headerregistry import Address
 from email.utils import getaddresses
 from typing import Annotated
 
-from annotated_types import Interval
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, ConfigDict, Field, StrictInt, StringConstraints
 
 STRICT = ConfigDict(extra="forbid")
 
@@ -77,9 +76,9 @@ Mailbox = Annotated[
     str, StringConstraints(max_length=998), AfterValidator(_no_nul), AfterValidator(_mailbox)
 ]
 Host = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_host)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-Position = Annotated[int, Field(ge=1)]
-MaxConnections = Annotated[int, Field(ge=1, le=100)]
-# Ids in paths and filters: the id columns are 32-bit INTEGER on PostgreSQL, and a larger
-# number must be refused as input, not reach the driver (which raises: a 500).
-RowId = Annotated[int, Interval(ge=1, le=2_147_483_647)]
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+Position = Annotated[StrictInt, Field(ge=1)]
+MaxConnections = Annotated[StrictInt, Field(ge=1, le=100)]
+# Ids in paths and filters: the id columns are 32-bit INTEGER on PostgreSQL, and a number
+# outside that range must be refused as input, not reach the driver (which raises: a 500).
+RowId = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]

@@ -9,7 +9,7 @@ from pydantic import BaseModel, SecretStr, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from postyard.api.context import Context, CurrentCaller
-from postyard.api.fields import STRICT, Host, MaxConnections, Name, Port, Position
+from postyard.api.fields import STRICT, Host, MaxConnections, Name, Port, Position, RowId
 from postyard.clock import isoformat
 from postyard.db.models import SmtpServer
 from postyard.delivery.endpoints import Endpoint, endpoint_for
@@ -134,14 +134,14 @@ def list_servers(caller: CurrentCaller, context: Context) -> ServerList:
 
 
 @router.get("/{server_id}")
-def get_server(server_id: int, caller: CurrentCaller, context: Context) -> ServerOut:
+def get_server(server_id: RowId, caller: CurrentCaller, context: Context) -> ServerOut:
     with context.database.session() as session:
         return ServerOut.of(smtp_servers.get_server(session, caller, server_id))
 
 
 @router.patch("/{server_id}")
 def update_server(
-    server_id: int, body: ServerPatch, caller: CurrentCaller, context: Context
+    server_id: RowId, body: ServerPatch, caller: CurrentCaller, context: Context
 ) -> ServerOut:
     with context.database.session() as session:
         server = smtp_servers.update_server(session, caller, server_id, body.changes(), context.box)
@@ -151,14 +151,14 @@ def update_server(
 
 
 @router.delete("/{server_id}", status_code=204)
-def delete_server(server_id: int, caller: CurrentCaller, context: Context) -> Response:
+def delete_server(server_id: RowId, caller: CurrentCaller, context: Context) -> Response:
     with context.database.session() as session:
         smtp_servers.delete_server(session, caller, server_id)
     return Response(status_code=204)
 
 
 @router.post("/{server_id}/test")
-async def test_server(server_id: int, caller: CurrentCaller, context: Context) -> TestReport:
+async def test_server(server_id: RowId, caller: CurrentCaller, context: Context) -> TestReport:
     """Connect, EHLO, STARTTLS or TLS, AUTH, reporting the server's reply at each step."""
 
     def load_endpoint() -> Endpoint:
