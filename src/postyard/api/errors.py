@@ -78,9 +78,12 @@ def _is_unparsed_body(problem: dict[str, Any]) -> bool:
     return problem["type"] == "json_invalid" or raw_body
 
 
+_SOURCES = {"body", "query", "path"}
+
+
 def _describe(problem: dict[str, Any]) -> str:
     """One problem as a person would say it: where, then what."""
-    location = ".".join(str(part) for part in problem["loc"] if part not in {"body", "query", "path"})
+    location = ".".join(str(part) for part in problem["loc"] if part not in _SOURCES)
     if problem["type"] == "extra_forbidden":
         return f"unknown field '{location}'"
     message = str(problem["msg"]).removeprefix("Value error, ")
