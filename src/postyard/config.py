@@ -26,6 +26,7 @@ class Settings:
     secret_key: str | None = None
     secret_key_file: Path = Path("postyard.key")
     default_smtp_url: str | None = None
+    public_url: str = "http://127.0.0.1:8025"
     message_lifetime_seconds: float = 3 * 24 * 3600.0
     retry_base_seconds: float = 60.0
     retry_max_seconds: float = 3600.0

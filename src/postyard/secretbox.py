@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import logging
 import os
 import secrets
@@ -27,6 +28,15 @@ API_KEY_PREFIX = "pk_"
 class SecretBox:
     def __init__(self, key: str) -> None:
         self._fernet = Fernet(_fernet_key(key))
+        self._signing_key = hashlib.sha256(b"postyard-signing:" + _fernet_key(key)).digest()
+
+    def sign(self, message: str) -> str:
+        """A MAC for links Postyard hands out (unsubscribe), under a key of its own."""
+        digest = hmac.new(self._signing_key, message.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode()
+
+    def verify(self, message: str, signature: str) -> bool:
+        return hmac.compare_digest(self.sign(message), signature)
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()

@@ -26,6 +26,7 @@ BASE = Claimed(
     subject="Your weekly digest",
     text_body="Hello Jane,\nhere is the news.\n",
     html_body=None,
+    headers=None,
     message_id="<0123456789abcdef@acme.example.com>",
     attempts=1,
     expires_at=datetime(2024, 5, 4, 12, 30, 15),
@@ -179,3 +180,14 @@ def test_subject_with_cr_or_lf_is_refused_before_reaching_the_wire(subject: str)
 def test_address_header_with_cr_or_lf_is_refused(field: str) -> None:
     with pytest.raises(ValueError):
         build_message(claimed(**{field: "a@example.com\r\nBcc: victim@example.com"}), NOW)
+
+
+def test_extra_headers_such_as_list_unsubscribe_reach_the_wire() -> None:
+    headers = {
+        "List-Unsubscribe": "<https://postyard.example/u/abc>",
+        "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+    }
+    parsed = parse(build_message(claimed(headers=headers), NOW))
+
+    assert parsed["List-Unsubscribe"] == "<https://postyard.example/u/abc>"
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"

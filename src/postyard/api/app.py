@@ -8,7 +8,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from postyard.api import deliveries, routing, smtp_servers
+from postyard.api import (
+    campaigns,
+    deliveries,
+    people,
+    routing,
+    segments,
+    smtp_servers,
+    suppressions,
+    unsubscribe,
+)
 from postyard.api.context import AppContext
 from postyard.api.errors import install_error_handlers
 from postyard.api.limits import BodySizeLimit
@@ -48,6 +57,15 @@ def create_app(
     app.state.context = context
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    for module in (smtp_servers, routing, deliveries):
+    for module in (
+        smtp_servers,
+        routing,
+        deliveries,
+        people,
+        segments,
+        campaigns,
+        suppressions,
+        unsubscribe,
+    ):
         app.include_router(module.router)
     return app

@@ -12,6 +12,7 @@ from postyard.config import Settings
 from postyard.db.engine import Database
 from postyard.secretbox import SecretBox
 from postyard.services.errors import Unauthorized
+from postyard.services.runtime import Runtime
 from postyard.services.workspaces import Caller, authenticate
 
 
@@ -21,6 +22,10 @@ class AppContext:
     database: Database
     box: SecretBox
     clock: Clock = utcnow
+
+    @property
+    def runtime(self) -> Runtime:
+        return Runtime(self.settings, self.box, self.clock)
 
 
 def app_context(request: Request) -> AppContext:

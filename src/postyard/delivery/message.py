@@ -24,6 +24,8 @@ def build_message(delivery: Claimed, now: datetime) -> bytes:
     message["Subject"] = delivery.subject
     message["Date"] = format_datetime(now.replace(tzinfo=UTC))
     message["Message-ID"] = delivery.message_id
+    for name, value in (delivery.headers or {}).items():
+        message[name] = value
     if delivery.text_body is not None or delivery.html_body is None:
         message.set_content(delivery.text_body or "")
         if delivery.html_body is not None:

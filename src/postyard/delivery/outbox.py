@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -18,7 +18,12 @@ from postyard.delivery.policy import CLAIMABLE, Status
 
 @dataclass(frozen=True)
 class Letter:
-    """The content and addressing of one message, as queued."""
+    """The content and addressing of one message, as queued.
+
+    A letter that must not go out is still recorded, so that the reason is
+    visible per recipient: `suppressed_because` (an unsubscribed person, say)
+    or `failed_because` (a template that failed to render for this person).
+    """
 
     campaign_type: str
     to_address: str
@@ -27,38 +32,69 @@ class Letter:
     text_body: str | None = None
     html_body: str | None = None
     reply_to: str | None = None
+    headers: dict[str, str] | None = None
     campaign_id: int | None = None
     person_id: str | None = None
+    suppressed_because: str | None = None
+    failed_because: str | None = None
+
+
+SUPPRESSION_LIST = "address is on the workspace's suppression list"
 
 
 def enqueue(
     session: Session, workspace_id: int, letter: Letter, now: datetime, lifetime: timedelta
 ) -> Delivery:
-    """Queue one message, or record it as suppressed when its address is on the list."""
-    suppressed = is_suppressed(session, workspace_id, letter.to_address)
-    delivery = Delivery(
-        workspace_id=workspace_id,
-        campaign_type=letter.campaign_type,
-        campaign_id=letter.campaign_id,
-        person_id=letter.person_id,
-        to_address=letter.to_address,
-        from_address=letter.from_address,
-        reply_to=letter.reply_to,
-        subject=letter.subject,
-        text_body=letter.text_body,
-        html_body=letter.html_body,
-        message_id=new_message_id(letter.from_address),
-        status=Status.SUPPRESSED if suppressed else Status.QUEUED,
-        attempts=0,
-        next_attempt_at=now,
-        expires_at=now + lifetime,
-        last_error="address is on the workspace's suppression list" if suppressed else None,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(delivery)
-    session.flush()
-    return delivery
+    [delivery_id] = enqueue_many(session, workspace_id, [letter], now, lifetime)
+    return session.get_one(Delivery, delivery_id)
+
+
+def enqueue_many(
+    session: Session,
+    workspace_id: int,
+    letters: Sequence[Letter],
+    now: datetime,
+    lifetime: timedelta,
+) -> list[int]:
+    """Queue messages in one statement; addresses on the suppression list are recorded as such."""
+    if not letters:
+        return []
+    suppressed = suppressed_among(session, workspace_id, [letter.to_address for letter in letters])
+    rows = [_row(workspace_id, letter, suppressed, now, now + lifetime) for letter in letters]
+    return list(session.scalars(insert(Delivery).returning(Delivery.id), rows))
+
+
+def _row(
+    workspace_id: int, letter: Letter, suppressed: set[str], now: datetime, expires_at: datetime
+) -> dict[str, object]:
+    status, reason = Status.QUEUED, None
+    if letter.failed_because:
+        status, reason = Status.FAILED, letter.failed_because
+    elif letter.suppressed_because:
+        status, reason = Status.SUPPRESSED, letter.suppressed_because
+    elif letter.to_address.lower() in suppressed:
+        status, reason = Status.SUPPRESSED, SUPPRESSION_LIST
+    return {
+        "workspace_id": workspace_id,
+        "campaign_type": letter.campaign_type,
+        "campaign_id": letter.campaign_id,
+        "person_id": letter.person_id,
+        "to_address": letter.to_address,
+        "from_address": letter.from_address,
+        "reply_to": letter.reply_to,
+        "subject": letter.subject,
+        "text_body": letter.text_body,
+        "html_body": letter.html_body,
+        "headers": letter.headers,
+        "message_id": new_message_id(letter.from_address),
+        "status": status,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "expires_at": expires_at,
+        "last_error": reason,
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def retry_deferred_now(session: Session, workspace_id: int, now: datetime) -> None:
@@ -87,10 +123,6 @@ def new_message_id(from_address: str) -> str:
     except UnicodeError:
         domain = "postyard.invalid"
     return f"<{uuid.uuid4().hex}@{domain}>"
-
-
-def is_suppressed(session: Session, workspace_id: int, address: str) -> bool:
-    return bool(suppressed_among(session, workspace_id, [address]))
 
 
 def suppressed_among(session: Session, workspace_id: int, addresses: Sequence[str]) -> set[str]:
@@ -126,6 +158,7 @@ class Claimed:
     subject: str
     text_body: str | None
     html_body: str | None
+    headers: dict[str, str] | None
     message_id: str
     attempts: int
     expires_at: datetime

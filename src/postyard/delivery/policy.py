@@ -16,6 +16,7 @@ class Status(StrEnum):
     DEFERRED = "deferred"
     FAILED = "failed"
     SUPPRESSED = "suppressed"
+    CANCELLED = "cancelled"
 
 
 # States a worker may claim a delivery in, once its next attempt is due.

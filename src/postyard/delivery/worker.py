@@ -176,7 +176,7 @@ class Worker:
                     delivery.id,
                     Status.SUPPRESSED,
                     now,
-                    last_error="address is on the workspace's suppression list",
+                    last_error=outbox.SUPPRESSION_LIST,
                 ),
             )
         route = routing.resolve(
