@@ -6,8 +6,6 @@ exist: same status, same code, same message but for the id.
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,25 +42,6 @@ ENDPOINTS = [
     ("GET", "/v1/deliveries/1", None),
 ]
 ENDPOINT_IDS = [f"{method} {path}" for method, path, _ in ENDPOINTS]
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(
-    request: pytest.FixtureRequest,
-    sqlite_template: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> str:
-    """One database per module and backend, in place of conftest's one per test.
-
-    Each test acts in fresh workspaces of its own (`api`, `make_api`), which isolates
-    it as well as a fresh database would, without the set-up cost of one per test.
-    """
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("api") / "postyard.db"
-        shutil.copy(sqlite_template, path)
-        return f"sqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_database")
-    return url
 
 
 def create(client: TestClient, name: str, **fields: Any) -> dict[str, Any]:

@@ -10,10 +10,8 @@ lets escape, so a case that would be a 500 fails loudly.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -255,25 +253,6 @@ CASES = [
     Bad("unknown-path", "GET", "/v1/smtp_server", status=404, code="not_found"),
     Bad("unknown-method", "PUT", P, SERVER, status=405, code="method_not_allowed"),
 ]
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(
-    request: pytest.FixtureRequest,
-    sqlite_template: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> str:
-    """One database per module and backend, in place of conftest's one per test.
-
-    Each test acts in fresh workspaces of its own (`api`, `make_api`), which isolates
-    it as well as a fresh database would, without the set-up cost of one per test.
-    """
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("api") / "postyard.db"
-        shutil.copy(sqlite_template, path)
-        return f"sqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_database")
-    return url
 
 
 @dataclass(frozen=True)

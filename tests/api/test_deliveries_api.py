@@ -8,10 +8,8 @@ as the worker would record it.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -47,25 +45,6 @@ DELIVERY_KEYS = {
     "created_at",
     "sent_at",
 }
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(
-    request: pytest.FixtureRequest,
-    sqlite_template: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> str:
-    """One database per module and backend, in place of conftest's one per test.
-
-    Each test acts in fresh workspaces of its own (`api`, `make_api`), which isolates
-    it as well as a fresh database would, without the set-up cost of one per test.
-    """
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("api") / "postyard.db"
-        shutil.copy(sqlite_template, path)
-        return f"sqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_database")
-    return url
 
 
 def message(**fields: Any) -> dict[str, Any]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,25 +19,6 @@ from postyard.services.workspaces import create_workspace
 CAMPAIGN_TYPES = ["segment_triggered", "event_triggered", "newsletter", "triggered_broadcast"]
 ROUTE_KEYS = {"campaign_type", "smtp_server_id", "smtp_server_name", "via", "explanation"}
 UNUSED_KEYS = {"smtp_server_id", "smtp_server_name", "role", "reason"}
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(
-    request: pytest.FixtureRequest,
-    sqlite_template: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> str:
-    """One database per module and backend, in place of conftest's one per test.
-
-    Each test acts in fresh workspaces of its own (`api`, `make_api`), which isolates
-    it as well as a fresh database would, without the set-up cost of one per test.
-    """
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("api") / "postyard.db"
-        shutil.copy(sqlite_template, path)
-        return f"sqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_database")
-    return url
 
 
 @pytest.fixture
