@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import signal
+import sys
 from typing import Annotated
 
 import typer
@@ -38,11 +39,18 @@ def _settings() -> Settings:
 
 
 def _configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(name)s: %(message)s",
-        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
-    )
+    """Rich output for a person at a terminal; plain lines for log collectors.
+
+    The worker logs a line per delivery, and Rich's formatting costs as much
+    CPU as the delivery itself, so it is kept to interactive use.
+    """
+    if sys.stderr.isatty():
+        handler: logging.Handler = RichHandler(console=Console(stderr=True), show_path=False)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 @app.command()
@@ -63,8 +71,12 @@ def serve(
 
 @app.command()
 def worker() -> None:
-    """Run a delivery worker only; start as many as the load needs."""
+    """Run a delivery worker and the background jobs (newsletter sends, broadcast triggers,
+    time-window segments); start as many as the load needs."""
     from postyard.delivery.worker import Worker
+    from postyard.secretbox import secret_box
+    from postyard.services.jobs import Jobs
+    from postyard.services.runtime import Runtime
 
     _configure_logging()
     settings = _settings()
@@ -75,8 +87,12 @@ def worker() -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         database = Database(settings.database_url)
+        box = secret_box(settings)
         try:
-            await Worker(database, settings).run(stop)
+            await asyncio.gather(
+                Worker(database, settings, box=box).run(stop),
+                Jobs(database, Runtime(settings, box)).run(stop),
+            )
         finally:
             database.dispose()
 

@@ -1,0 +1,976 @@
+"""Delivery throughput: how fast the worker empties a full outbox into real SMTP servers.
+
+Run from the repository root::
+
+    .venv/bin/python bench/delivery.py [--messages 20000] [--size 2000] [--servers 2]
+        [--database-url URL] [--workers 1] [--naive] [--profile FILE]
+
+(`--help` lists the rest; bench/README.md explains how to read the figures.)
+
+What it does, and why each step is there:
+
+* Starts one Postfix ``smtp-sink`` per SMTP server on a free 127.0.0.1 port. smtp-sink is a
+  C server that accepts and discards mail at tens of thousands of messages per second, so the
+  figure measures Postyard, not the receiving side; its ``-c`` counters let the benchmark check
+  that every message really arrived where the routing rules say it should.
+* Creates a fresh database (SQLite in a temporary directory, or a throw-away database on the
+  PostgreSQL server named by ``--database-url``), migrates it, and sets up a premium workspace
+  whose servers split the traffic by campaign type (server 1 ``all_emails``, server 2
+  ``newsletters``, ...), so routing at send time (R5/R6) is on the measured path.
+* Queues N personalised messages through a bulk path built from the outbox's ``Letter``;
+  queueing is timed separately because it is not what this benchmark measures.
+* Times ``Worker.drain()`` until the outbox is empty (in this process, or in ``--workers``
+  processes sharing the outbox), records the CPU time it took, which stays meaningful when
+  other jobs share the machine, and checks from the database that every delivery ended
+  ``sent`` on the expected server.
+* In the same run, times ``smtp-source`` (Postfix's C load generator) against the same sink:
+  the ceiling that the machine and the sink allow, which turns the Postyard figure into a
+  percentage that stays comparable across machines. ``--naive`` adds a plain ``smtplib`` loop,
+  the floor any Python sender should beat.
+* Appends one JSON line to ``bench/results/delivery.jsonl`` and prints a summary.
+
+Exit status: 0 when every message was delivered and counted, 1 when something was not,
+2 when a required tool or argument is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import queue
+import random
+import resource
+import shutil
+import signal
+import smtplib
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from importlib import metadata
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from unittest import mock
+
+import psycopg
+from cryptography.fernet import Fernet
+from sqlalchemy import func, insert, make_url, select
+from sqlalchemy.engine import URL
+
+from postyard.clock import utcnow
+from postyard.config import Settings
+from postyard.db.engine import Database
+from postyard.db.migrate import upgrade
+from postyard.db.models import ApiKey, Delivery
+from postyard.delivery.message import build_message
+from postyard.delivery.outbox import Claimed, Letter, enqueue, new_message_id
+from postyard.delivery.policy import Status
+from postyard.delivery.worker import Worker
+from postyard.routing import SERVING_ROLE, CampaignType, Plan, Role
+from postyard.secretbox import secret_box
+from postyard.services.smtp_servers import Security, ServerFields, create_server
+from postyard.services.workspaces import Caller, create_workspace
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_DIR = BENCH_DIR.parent
+DEFAULT_RESULTS = BENCH_DIR / "results" / "delivery.jsonl"
+SINK_PATH = "/usr/sbin/smtp-sink"
+SOURCE_PATH = "/usr/sbin/smtp-source"
+LOCALHOST = "127.0.0.1"
+
+# The campaign types in the order servers 2, 3, ... take them; server 1 (all_emails) carries
+# the first type no specific server serves, so with two servers the mix is half newsletters
+# (server 2) and half segment-triggered mail (server 1, as the fallback).
+MIX_ORDER = (
+    CampaignType.NEWSLETTER,
+    CampaignType.SEGMENT_TRIGGERED,
+    CampaignType.EVENT_TRIGGERED,
+    CampaignType.TRIGGERED_BROADCAST,
+)
+MAX_SERVERS = len(MIX_ORDER) + 1
+INSERT_CHUNK = 1000
+
+
+class BenchError(Exception):
+    """A precondition the benchmark cannot run without; `main` turns it into exit status 2."""
+
+
+# --------------------------------------------------------------------------- smtp-sink
+
+
+@dataclasses.dataclass
+class Sink:
+    """One running smtp-sink; its `-c` counters are read back from the file it writes."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    counter_file: Path
+
+    def delivered(self) -> int:
+        """Messages received so far ("mesg=" of the last counter line smtp-sink printed).
+
+        smtp-sink rewrites its counters after every "." and QUIT as
+        `sess=N quit=N mesg=N` terminated by CR, flushed each time, so the tail is current.
+        """
+        with self.counter_file.open("rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(file.tell() - 256, 0))
+            tail = file.read().decode("ascii", "replace")
+        lines = [line for line in tail.split("\r") if "mesg=" in line]
+        if not lines:
+            return 0
+        fields = dict(part.split("=", 1) for part in lines[-1].split() if "=" in part)
+        return int(fields.get("mesg", "0"))
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers: a sink must never outlive the benchmark."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOCALHOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def start_sink(workdir: Path, index: int, stack: ExitStack) -> Sink:
+    """Start smtp-sink on a free port, retrying if another process takes the port first.
+
+    `-u nobody` is required when running as root (smtp-sink drops privileges after binding);
+    the backlog of 1000 keeps bursts of new connections from being refused.
+    """
+    last_error = ""
+    for attempt in range(5):
+        port = free_port()
+        counter_file = workdir / f"sink{index}-{attempt}.counters"
+        command = [SINK_PATH, "-c", f"{LOCALHOST}:{port}", "1000"]
+        if os.geteuid() == 0:
+            command[1:1] = ["-u", "nobody"]
+        with counter_file.open("wb") as out:
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+            )
+        sink = Sink(process, port, counter_file)
+        stack.callback(sink.stop)
+        if _wait_listening(process, port):
+            return sink
+        sink.stop()
+        assert process.stderr is not None
+        last_error = process.stderr.read().decode(errors="replace").strip()
+    raise BenchError(f"smtp-sink did not start: {last_error or 'not listening after 5 s'}")
+
+
+def _wait_listening(process: subprocess.Popen[bytes], port: int) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((LOCALHOST, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+# --------------------------------------------------------------------------- database
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchDatabase:
+    url: str
+    backend: str
+    version: str
+
+
+@contextmanager
+def bench_database(requested: str | None, workdir: Path) -> Iterator[BenchDatabase]:
+    """A database nobody else uses, removed afterwards.
+
+    On PostgreSQL the URL names the server (and the database to connect to for
+    administration); the benchmark creates `postyard_bench_<random>` there and drops it,
+    so it can never write into a database that holds someone's data.
+    """
+    if requested is None:
+        path = workdir / "postyard-bench.db"
+        yield BenchDatabase(f"sqlite:///{path}", "sqlite", sqlite3.sqlite_version)
+        return
+    url = make_url(requested)
+    if url.get_backend_name() == "sqlite":
+        if url.database and Path(url.database).exists() and Path(url.database).stat().st_size:
+            raise BenchError(f"{url.database} exists: give a path to a new SQLite file")
+        yield BenchDatabase(requested, "sqlite", sqlite3.sqlite_version)
+        return
+    if url.get_backend_name() != "postgresql":
+        raise BenchError(f"unsupported database URL {requested!r}: use sqlite or postgresql")
+    yield from _postgres_database(url)
+
+
+def _postgres_database(admin: URL) -> Iterator[BenchDatabase]:
+    name = f"postyard_bench_{uuid.uuid4().hex[:12]}"
+    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        connection = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as error:
+        raise BenchError(f"cannot reach PostgreSQL at {admin.host}:{admin.port}: {error}") from None
+    with connection:
+        number = connection.info.server_version  # e.g. 150004 for 15.4
+        version = f"{number // 10000}.{number % 10000}"
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = admin.set(drivername="postgresql+psycopg", database=name)
+        yield BenchDatabase(url.render_as_string(hide_password=False), "postgresql", version)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+# --------------------------------------------------------------------------- workload
+
+
+@dataclasses.dataclass(frozen=True)
+class Traffic:
+    """Which role each server holds and which campaign types the queued messages cycle over."""
+
+    roles: tuple[Role, ...]
+    mix: tuple[CampaignType, ...]
+
+    def expected_server(self, campaign_type: CampaignType) -> int:
+        """Index (0-based) of the server that must carry this type: R5, written out by hand
+        so that the check does not trust the routing code it is checking."""
+        for index, role in enumerate(self.roles):
+            if role == SERVING_ROLE[campaign_type]:
+                return index
+        return 0
+
+
+def traffic_for(servers: int) -> Traffic:
+    specific = MIX_ORDER[: servers - 1]
+    roles = (Role.ALL_EMAILS, *(SERVING_ROLE[t] for t in specific))
+    mix = MIX_ORDER[: max(2, servers)]
+    return Traffic(roles, mix)
+
+
+FIRST_NAMES = (
+    "Ada", "Alan", "Barbara", "Claude", "Dennis", "Edsger", "Frances", "Grace", "Guido", "Hedy",
+    "John", "Joan", "Ken", "Linus", "Margaret", "Niklaus", "Radia", "Shafi", "Sophie", "Tim",
+    "Vint", "Whitfield", "Yukihiro", "Zhores",
+)  # fmt: skip
+LAST_NAMES = (
+    "Lovelace", "Turing", "Liskov", "Shannon", "Ritchie", "Dijkstra", "Allen", "Hopper",
+    "Rossum", "Lamarr", "Backus", "Clarke", "Thompson", "Torvalds", "Hamilton", "Wirth",
+    "Perlman", "Goldwasser", "Wilson", "Berners-Lee", "Cerf", "Diffie", "Matsumoto", "Alferov",
+)  # fmt: skip
+SENTENCES = (
+    "We have been busy this month, and a few of the changes are worth a minute of your time.",
+    "The new dashboard shows the state of every order at a glance, with filters that stick.",
+    "Exports now include the delivery address and the tracking number of each shipment.",
+    "If you work in a team, you can now invite colleagues and give each a role of their own.",
+    "Our support team answers within four working hours, in English, French and German.",
+    "Several of you asked for a dark theme; it is in the settings, under Appearance.",
+    "Scheduled reports arrive on the first working day of the month, before nine o'clock.",
+    "The mobile app has been rebuilt from the ground up and starts twice as fast as before.",
+    "You can pause your subscription for up to three months without losing your history.",
+    "We will be at the regional trade fair next week; come and say hello at stand B14.",
+    "Invoices can be paid by bank transfer, card, or direct debit from a European account.",
+    "A short survey follows below: it takes two minutes and shapes what we build next.",
+)
+
+
+class Letters:
+    """N personalised messages of about `size` bytes of body each, reproducible from a seed.
+
+    The body is a shared block of ordinary prose wrapped at 72 columns, framed by a
+    greeting, an order line and a footer with a per-recipient link: enough personalisation
+    that no two messages are equal. The link line is 81 characters, as tracking links
+    usually are longer than 78, so the email package sends the body quoted-printable, as it
+    would real mail of this kind.
+    """
+
+    def __init__(self, count: int, size: int, traffic: Traffic, seed: int = 2024) -> None:
+        self.count = count
+        self.size = size
+        self.traffic = traffic
+        self.seed = seed
+        rng = random.Random(seed)
+        frame = len(self._frame(0, "Margaret", "Berners-Lee", "x" * 32, "", rng))
+        paragraphs: list[str] = []
+        length = 0
+        while length < max(size - frame, 0):
+            paragraph = textwrap.fill(" ".join(rng.sample(SENTENCES, 4)), width=72)
+            paragraphs.append(paragraph)
+            length += len(paragraph) + 2
+        self.prose = "\n\n".join(paragraphs)[: max(size - frame, 0)].rstrip()
+
+    def __iter__(self) -> Iterator[Letter]:
+        rng = random.Random(self.seed)
+        for index in range(self.count):
+            first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+            token = f"{rng.getrandbits(128):032x}"
+            campaign_type = self.traffic.mix[index % len(self.traffic.mix)]
+            newsletter = campaign_type == CampaignType.NEWSLETTER
+            yield Letter(
+                campaign_type=campaign_type.value,
+                to_address=f"{first.lower()}.{last.lower()}.{index}@customers.example",
+                from_address=(
+                    "Acme News <news@acme.example>" if newsletter else "Acme <hello@acme.example>"
+                ),
+                subject=(
+                    f"{first}, what is new at Acme this month"
+                    if newsletter
+                    else f"{first}, your order A-{100000 + index} is on its way"
+                ),
+                text_body=self._frame(index, first, last, token, self.prose, rng),
+                person_id=f"person-{index}",
+            )
+
+    @staticmethod
+    def _frame(
+        index: int, first: str, last: str, token: str, prose: str, rng: random.Random
+    ) -> str:
+        return (
+            f"Hi {first} {last},\n\n"
+            f"Thank you for order A-{100000 + index}, placed on day {rng.randint(1, 28)} "
+            f"of this month.\n\n{prose}\n\n"
+            f"Manage your preferences: https://acme.example/u/{token}\n"
+            "Acme Ltd, 1 Example Street, Exampletown\n"
+        )
+
+
+def delivery_row(workspace_id: int, letter: Letter, now: datetime, lifetime: timedelta) -> dict:
+    """The row `outbox.enqueue` would write for a letter whose address is not suppressed.
+
+    The benchmark's workspace is new, so its suppression list is empty and skipping the
+    per-message lookup changes nothing but the time queueing takes.
+    """
+    return {
+        **dataclasses.asdict(letter),
+        "workspace_id": workspace_id,
+        "message_id": new_message_id(letter.from_address),
+        "status": Status.QUEUED.value,
+        "attempts": 0,
+        "next_attempt_at": now,
+        "expires_at": now + lifetime,
+        "last_error": None,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def queue_letters(
+    database: Database, workspace_id: int, letters: Letters, settings: Settings, mode: str
+) -> None:
+    """Fill the outbox: `bulk` inserts chunks of rows, `enqueue` calls the product's function
+    for each message (slower: one suppression lookup and one flush per message)."""
+    now = utcnow()
+    lifetime = timedelta(seconds=settings.message_lifetime_seconds)
+    with database.session() as session:
+        if mode == "enqueue":
+            for letter in letters:
+                enqueue(session, workspace_id, letter, now, lifetime)
+            return
+        chunk: list[dict] = []
+        for letter in letters:
+            chunk.append(delivery_row(workspace_id, letter, now, lifetime))
+            if len(chunk) == INSERT_CHUNK:
+                session.execute(insert(Delivery), chunk)
+                chunk = []
+        if chunk:
+            session.execute(insert(Delivery), chunk)
+
+
+def set_up_workspace(
+    database: Database,
+    settings: Settings,
+    traffic: Traffic,
+    sinks: Sequence[Sink],
+    max_connections: int,
+) -> tuple[int, list[int]]:
+    """A premium workspace with one server per sink, created through the service layer so the
+    routing rules (R1-R4) accept the configuration exactly as the API would."""
+    with database.session() as session:
+        created = create_workspace(session, "Postyard bench", Plan.PREMIUM)
+        key_id = session.scalar(
+            select(ApiKey.id).where(ApiKey.workspace_id == created.workspace_id)
+        )
+        caller = Caller(created.workspace_id, Plan.PREMIUM, key_id or 0)
+        box = secret_box(settings)
+        server_ids = []
+        for index, (role, sink) in enumerate(zip(traffic.roles, sinks, strict=True), start=1):
+            server = create_server(
+                session,
+                caller,
+                ServerFields(
+                    name=f"sink-{index}",
+                    host=LOCALHOST,
+                    port=sink.port,
+                    security=Security.NONE,
+                    role=role,
+                    max_connections=max_connections,
+                ),
+                box,
+            )
+            server_ids.append(server.id)
+    return created.workspace_id, server_ids
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def peak_rss_mb() -> float:
+    """High-water mark of this process's resident memory; Linux reports ru_maxrss in KiB."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1024 / 1024
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads (the worker's database thread too).
+
+    Unlike wall-clock time it barely moves when other jobs share the machine, so
+    CPU time per message is the figure to compare across runs on a busy host.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclasses.dataclass(frozen=True)
+class Drain:
+    """What one timed drain cost: wall-clock, CPU of the worker process(es), peak memory."""
+
+    seconds: float
+    cpu_seconds: float
+    peak_rss_mb: float
+    error: str | None
+
+
+def drain_here(
+    database: Database, settings: Settings, timeout: float, profile: Path | None
+) -> Drain:
+    """One worker in this process, as `postyard worker` runs it.
+
+    A drain that times out returns its error text instead of raising, so the deliveries are
+    still counted and the run is recorded as failed rather than lost.
+    """
+    worker = Worker(database, settings)
+    cpu_before = cpu_seconds()
+    started = time.perf_counter()
+    error = None
+    try:
+        if profile is None:
+            asyncio.run(worker.drain(timeout=timeout))
+        else:
+            _profiled_drain(worker, timeout, profile)
+    except TimeoutError as timeout_error:
+        error = str(timeout_error)
+    seconds = time.perf_counter() - started
+    return Drain(seconds, cpu_seconds() - cpu_before, peak_rss_mb(), error)
+
+
+def drain_in_processes(settings: Settings, workers: int, timeout: float) -> Drain:
+    """`workers` worker processes on one outbox, as DESIGN §6 scales out.
+
+    Each process imports, connects and builds its Worker before a barrier, so the clock
+    starts when all of them can claim, not while Python starts up (about a second each).
+    """
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(workers + 1)
+    results = context.Queue()
+    processes = [
+        context.Process(
+            target=_worker_process, args=(settings, timeout, barrier, results), daemon=True
+        )
+        for _ in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        barrier.wait(timeout=120)
+    except threading.BrokenBarrierError:
+        raise BenchError("worker processes did not start within 120 s") from None
+    started = time.perf_counter()
+    for process in processes:
+        process.join(timeout + 120)
+    seconds = time.perf_counter() - started
+    reports = []
+    while len(reports) < workers:
+        try:
+            reports.append(results.get(timeout=5))
+        except queue.Empty:
+            break
+    errors = [error for error, _, _ in reports if error]
+    if len(reports) < workers:
+        errors.append(f"{workers - len(reports)} worker process(es) died without a report")
+    return Drain(
+        seconds,
+        sum(cpu for _, cpu, _ in reports),
+        max((rss for _, _, rss in reports), default=0.0),
+        "; ".join(errors) or None,
+    )
+
+
+def _worker_process(
+    settings: Settings, timeout: float, barrier: Any, results: multiprocessing.Queue
+) -> None:
+    logging.getLogger("postyard").setLevel(logging.WARNING)
+    database = Database(settings.database_url)
+    worker = Worker(database, settings)
+    barrier.wait()
+    cpu_before = cpu_seconds()
+    error = None
+    try:
+        asyncio.run(worker.drain(timeout=timeout))
+    except TimeoutError as timeout_error:
+        error = str(timeout_error)
+    finally:
+        database.dispose()
+    results.put((error, cpu_seconds() - cpu_before, peak_rss_mb()))
+
+
+def _profiled_drain(worker: Worker, timeout: float, path: Path) -> None:
+    try:
+        from pyinstrument import Profiler
+    except ImportError:
+        raise BenchError(
+            "--profile needs pyinstrument: .venv/bin/pip install pyinstrument"
+        ) from None
+
+    async def inline(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    # 1 ms keeps the profiler's own cost (it hooks every call) from swamping call-heavy code.
+    profiler = Profiler(interval=0.001, async_mode="disabled")
+    with mock.patch("asyncio.to_thread", inline):
+        profiler.start()
+        try:
+            asyncio.run(worker.drain(timeout=timeout))
+        finally:
+            profiler.stop()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tree = profiler.output_text(time="percent_of_total")
+    flat = profiler.output_text(time="percent_of_total", flat=True)
+    path.write_text(f"{tree}\nFunctions by own time:\n{flat}")
+
+
+def outcome_counts(database: Database) -> tuple[dict[str, int], dict[int, int], list[dict]]:
+    """Statuses of all deliveries, sent messages per server, and a sample of the unsent."""
+    with database.session() as session:
+        statuses = dict(
+            session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)).all()
+        )
+        per_server = dict(
+            session.execute(
+                select(Delivery.smtp_server_id, func.count())
+                .where(Delivery.status == Status.SENT)
+                .group_by(Delivery.smtp_server_id)
+            ).all()
+        )
+        unsent = [
+            {"id": row.id, "status": row.status, "attempts": row.attempts, "error": row.last_error}
+            for row in session.execute(
+                select(Delivery.id, Delivery.status, Delivery.attempts, Delivery.last_error)
+                .where(Delivery.status != Status.SENT)
+                .order_by(Delivery.id)
+                .limit(10)
+            )
+        ]
+    return statuses, per_server, unsent
+
+
+def wire_bytes(database: Database, sample: int = 50) -> int:
+    """Average size of a message as the worker puts it on the wire (headers included), to
+    compare with smtp-source, whose -l counts the body only."""
+    names = list(Claimed.__dataclass_fields__)
+    with database.session() as session:
+        rows = session.execute(
+            select(*(getattr(Delivery, name) for name in names)).order_by(Delivery.id).limit(sample)
+        ).all()
+    sizes = [len(build_message(Claimed(*row), utcnow())) for row in rows]
+    return round(sum(sizes) / len(sizes)) if sizes else 0
+
+
+def run_smtp_source(sink: Sink, messages: int, size: int, sessions: int) -> dict[str, Any]:
+    """Postfix's C generator against the same sink: the best this machine and sink allow."""
+    before = sink.delivered()
+    command = [
+        SOURCE_PATH, "-d", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+        f"{LOCALHOST}:{sink.port}",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    seconds = time.perf_counter() - started
+    time.sleep(0.05)  # the sink writes its last counter line just after the final QUIT
+    received = sink.delivered() - before
+    return {
+        "command": " ".join(command),
+        "sessions": sessions,
+        "seconds": round(seconds, 4),
+        "msgs_per_s": round(messages / seconds, 1),
+        "exit_status": result.returncode,
+        "received": received,
+        "error": (result.stderr.strip()[-500:] or None) if result.returncode else None,
+    }
+
+
+def run_naive(sink: Sink, letters: Letters) -> dict[str, Any]:
+    """The simplest correct Python sender: smtplib, EmailMessage, one connection, in order.
+
+    Headers match what the worker writes (From, To, Subject, Date, Message-ID), so the gap
+    to Postyard comes from how each sends (outbox, routing, recording, concurrency), not
+    from a smaller message.
+    """
+    before = sink.delivered()
+    started = time.perf_counter()
+    with smtplib.SMTP(LOCALHOST, sink.port, local_hostname="bench.example") as client:
+        for letter in letters:
+            message = EmailMessage()
+            message["From"] = letter.from_address
+            message["To"] = letter.to_address
+            message["Subject"] = letter.subject
+            message["Date"] = format_datetime(datetime.now(UTC))
+            message["Message-ID"] = make_msgid(domain="acme.example")
+            message.set_content(letter.text_body or "")
+            client.send_message(message)
+    seconds = time.perf_counter() - started
+    time.sleep(0.05)
+    return {
+        "seconds": round(seconds, 4),
+        "msgs_per_s": round(letters.count / seconds, 1),
+        "received": sink.delivered() - before,
+    }
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def git_commit() -> str | None:
+    """The checked-out commit, read from .git directly (no git process, no lock taken);
+    `git rev-parse` only when the repository is laid out in a way this does not follow."""
+    git_dir = REPO_DIR / ".git"
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head[:7]
+        ref = head[5:]
+        loose = git_dir / ref
+        if loose.exists():
+            return loose.read_text().strip()[:7]
+        for line in (git_dir / "packed-refs").read_text().splitlines():
+            if line.endswith(" " + ref):
+                return line.split()[0][:7]
+    except OSError:
+        pass
+    if shutil.which("git") is None:
+        return None
+    result = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return (result.stdout.strip() or None) if result.returncode == 0 else None
+
+
+def source_digest() -> str:
+    """A fingerprint of the Python sources measured: the commit alone does not say whether the
+    working tree had uncommitted edits, and two runs with equal digests ran the same code."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO_DIR / "src" / "postyard").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO_DIR)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("sqlalchemy", "aiosmtplib", "psycopg"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def summary(record: dict[str, Any]) -> str:
+    """The record as a two-column table, wall-clock figures first, then the checks."""
+    r = record
+    machine, database = r["machine"], r["database"]
+    rows: list[tuple[str, str]] = [
+        ("database", f"{database['backend']} {database['version']}"),
+        ("messages", f"{r['messages']:,}"),
+        ("body size", f"{r['size']:,} B (on the wire ~{r['wire_bytes']:,} B)"),
+        ("servers", f"{r['servers']} x max_connections {r['max_connections']}"),
+        ("workers x batch size", f"{r['workers']} x {r['batch_size']}"),
+        ("queue time", f"{r['queue_seconds']:.2f} s ({r['queue_mode']})"),
+        ("delivery time", f"{r['delivery_seconds']:.2f} s"),
+        ("Postyard", f"{r['msgs_per_s']:,.0f} msg/s"),
+        ("CPU per message", f"{r['cpu_us_per_msg']:,.0f} us ({r['delivery_cpu_seconds']:.2f} s)"),
+        ("peak RSS", f"{r['peak_rss_mb']:.0f} MB ({r['rss_after_queue_mb']:.0f} MB before)"),
+        ("load before", f"{machine['load_before']:.2f} on {machine['cpu_count']} CPUs"),
+    ]
+    source = r.get("smtp_source")
+    if source:
+        rows.append(
+            ("smtp-source", f"{source['msgs_per_s']:,.0f} msg/s ({source['seconds']:.2f} s)")
+        )
+        rows.append(("Postyard / smtp-source", f"{r['ratio_percent']:.1f} %"))
+    naive = r.get("naive")
+    if naive:
+        rows.append(
+            ("naive smtplib", f"{naive['msgs_per_s']:,.0f} msg/s ({naive['seconds']:.2f} s)")
+        )
+        rows.append(("Postyard / naive", f"{r['naive_ratio_percent']:.1f} %"))
+    rows += [
+        ("statuses", ", ".join(f"{k} {v:,}" for k, v in sorted(r["statuses"].items()))),
+        ("per server (sent)", ", ".join(f"{v:,}" for v in r["sent_per_server"])),
+        ("per sink (received)", ", ".join(f"{v:,}" for v in r["sink_received"])),
+        ("verdict", "OK" if r["ok"] else "FAILED: " + "; ".join(r["problems"])),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"  {name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(["Postyard delivery benchmark", *lines])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    defaults = Settings()
+    server_defaults = {f.name: f.default for f in dataclasses.fields(ServerFields)}
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=20000, help="messages to send (20000)")
+    parser.add_argument("--size", type=int, default=2000, help="body bytes per message (2000)")
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=2,
+        choices=range(1, MAX_SERVERS + 1),
+        help="SMTP servers, each with its own smtp-sink (2)",
+    )
+    parser.add_argument(
+        "--database-url",
+        help="SQLite URL of a new file, or a PostgreSQL server URL on which a throw-away "
+        "database is created and dropped (default: SQLite in a temporary directory)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=server_defaults["max_connections"],
+        help="max_connections of each SMTP server (Postyard's default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.worker_batch_size,
+        help="worker batch size (Postyard's default: %(default)s)",
+    )
+    parser.add_argument(
+        "--queue",
+        choices=("bulk", "enqueue"),
+        default="bulk",
+        help="bulk insert (default) or outbox.enqueue per message",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes draining the outbox together (1: one worker in this process)",
+    )
+    parser.add_argument("--source-sessions", type=int, default=10, help="smtp-source -s (10)")
+    parser.add_argument("--naive", action="store_true", help="also time a plain smtplib loop")
+    parser.add_argument("--no-smtp-source", action="store_true", help="skip the smtp-source run")
+    parser.add_argument("--timeout", type=float, default=900, help="give up draining after (s)")
+    parser.add_argument("--profile", type=Path, help="write a pyinstrument profile of the drain")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="JSONL to append")
+    parser.add_argument("--no-record", action="store_true", help="do not append to the results")
+    parser.add_argument("--note", help="free text stored with the result")
+    args = parser.parse_args(argv)
+    numbers = (args.messages, args.size, args.max_connections, args.batch_size, args.workers)
+    if min(numbers) <= 0:
+        parser.error("--messages, --size, --max-connections, --batch-size, --workers must be > 0")
+    if args.profile and args.workers != 1:
+        parser.error("--profile samples this process: use it with --workers 1")
+    return args
+
+
+def check_tools(need_source: bool) -> None:
+    needed = [SINK_PATH, SOURCE_PATH] if need_source else [SINK_PATH]
+    missing = [path for path in needed if not os.access(path, os.X_OK)]
+    if missing:
+        raise BenchError(
+            f"{' and '.join(missing)} not found: install the Debian package postfix "
+            "(apt-get install postfix), which ships smtp-sink and smtp-source"
+        )
+
+
+def _terminate(_signum: int, _frame: FrameType | None) -> None:
+    """Treat SIGTERM like Ctrl-C: asyncio.run cancels the worker cleanly on KeyboardInterrupt,
+    and the unwinding stops the sinks and drops the throw-away database."""
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    digest = source_digest()  # now, before others' edits during the run could change it
+    traffic = traffic_for(args.servers)
+    letters = Letters(args.messages, args.size, traffic)
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="postyard-bench-")))
+        sinks = [start_sink(workdir, index, stack) for index in range(1, args.servers + 1)]
+        db = stack.enter_context(bench_database(args.database_url, workdir))
+        settings = Settings(
+            database_url=db.url,
+            secret_key=Fernet.generate_key().decode(),
+            secret_key_file=workdir / "postyard.key",
+            worker_batch_size=args.batch_size,
+        )
+        upgrade(db.url)
+        database = Database(db.url)
+        stack.callback(database.dispose)
+        workspace_id, server_ids = set_up_workspace(
+            database, settings, traffic, sinks, args.max_connections
+        )
+        started = time.perf_counter()
+        queue_letters(database, workspace_id, letters, settings, args.queue)
+        queue_seconds = time.perf_counter() - started
+        rss_after_queue = peak_rss_mb()
+
+        load_before = os.getloadavg()[0]
+        if args.workers == 1:
+            drain = drain_here(database, settings, args.timeout, args.profile)
+        else:
+            drain = drain_in_processes(settings, args.workers, args.timeout)
+        time.sleep(0.05)
+        sink_received = [sink.delivered() for sink in sinks]
+
+        statuses, per_server, unsent = outcome_counts(database)
+        expected = Counter(
+            traffic.expected_server(traffic.mix[i % len(traffic.mix)]) for i in range(args.messages)
+        )
+        expected_per_server = [expected.get(index, 0) for index in range(len(sinks))]
+        sent_per_server = [per_server.get(server_id, 0) for server_id in server_ids]
+        problems = []
+        if drain.error:
+            problems.append(drain.error)
+        if statuses.get(Status.SENT, 0) != args.messages:
+            problems.append(f"{args.messages - statuses.get(Status.SENT, 0)} not sent")
+        if sent_per_server != expected_per_server:
+            problems.append(f"sent per server {sent_per_server} != expected {expected_per_server}")
+        if sink_received != expected_per_server:
+            problems.append(f"sinks received {sink_received} != expected {expected_per_server}")
+
+        record: dict[str, Any] = {
+            "benchmark": "delivery",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "commit": git_commit(),
+            "source_digest": digest,
+            "machine": {
+                "cpu_count": os.cpu_count(),
+                "platform": platform.platform(),
+                "machine": platform.machine(),
+                "load_before": round(load_before, 2),
+            },
+            "versions": versions(),
+            "database": {"backend": db.backend, "version": db.version},
+            "messages": args.messages,
+            "size": args.size,
+            "wire_bytes": wire_bytes(database),
+            "servers": args.servers,
+            "roles": [role.value for role in traffic.roles],
+            "mix": [t.value for t in traffic.mix],
+            "max_connections": args.max_connections,
+            "batch_size": args.batch_size,
+            "queue_mode": args.queue,
+            "queue_seconds": round(queue_seconds, 4),
+            "queue_msgs_per_s": round(args.messages / queue_seconds, 1),
+            "workers": args.workers,
+            "delivery_seconds": round(drain.seconds, 4),
+            "msgs_per_s": round(args.messages / drain.seconds, 1),
+            "delivery_cpu_seconds": round(drain.cpu_seconds, 3),
+            "cpu_us_per_msg": round(drain.cpu_seconds / args.messages * 1e6, 1),
+            "peak_rss_mb": round(drain.peak_rss_mb, 1),
+            "rss_after_queue_mb": round(rss_after_queue, 1),
+            "statuses": statuses,
+            "sent_per_server": sent_per_server,
+            "sink_received": sink_received,
+            "unsent_sample": unsent,
+            "profiled": args.profile is not None,
+            "note": args.note,
+        }
+        if not args.no_smtp_source:
+            source = run_smtp_source(sinks[0], args.messages, args.size, args.source_sessions)
+            record["smtp_source"] = source
+            record["ratio_percent"] = round(100 * record["msgs_per_s"] / source["msgs_per_s"], 1)
+            if source["exit_status"] != 0 or source["received"] != args.messages:
+                problems.append(
+                    f"smtp-source exit {source['exit_status']}, sink received {source['received']}"
+                )
+        if args.naive:
+            naive = run_naive(sinks[0], letters)
+            record["naive"] = naive
+            record["naive_ratio_percent"] = round(
+                100 * record["msgs_per_s"] / naive["msgs_per_s"], 1
+            )
+            if naive["received"] != args.messages:
+                problems.append(f"naive loop: sink received {naive['received']}")
+        record["problems"] = problems
+        record["ok"] = not problems
+    return record
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The worker logs one INFO line per delivery: 20,000 lines would flood the terminal and
+    # time the logging instead of the delivery.
+    logging.getLogger("postyard").setLevel(logging.WARNING)
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        check_tools(need_source=not args.no_smtp_source)
+        record = run(args)
+    except BenchError as error:
+        print(f"bench/delivery.py: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench/delivery.py: interrupted; sinks stopped, nothing recorded", file=sys.stderr)
+        return 130
+    print(summary(record))
+    if record["unsent_sample"]:
+        print("  first unsent deliveries:")
+        for row in record["unsent_sample"]:
+            print(f"    #{row['id']} {row['status']} after {row['attempts']}: {row['error']}")
+    if args.profile:
+        print(f"  profile: {args.profile}")
+    if not args.no_record:
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        with args.results.open("a") as file:
+            file.write(json.dumps(record, sort_keys=True) + "\n")
+        print(f"  recorded in {args.results}")
+    return 0 if record["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
