@@ -191,3 +191,66 @@ def test_extra_headers_such_as_list_unsubscribe_reach_the_wire() -> None:
 
     assert parsed["List-Unsubscribe"] == "<https://postyard.example/u/abc>"
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+
+
+@pytest.mark.parametrize("subject", ["Hello\n", "Hello\r\n", "Hello\r"], ids=repr)
+def test_a_single_trailing_line_break_is_refused_too(subject: str) -> None:
+    # The email package alone lets one through ("Hello\r\n" then ends the header block).
+    with pytest.raises(ValueError):
+        build_message(claimed(subject=subject), NOW)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"List-Unsubscribe": "<https://x.example/u>\r\nBcc: victim@example.com"},
+        {"List-Unsubscribe": "<https://x.example/u>\n"},
+        {"X-Bad\r\nBcc": "victim@example.com"},
+        {"X Bad": "value"},
+    ],
+    ids=["value-crlf", "value-trailing-lf", "name-crlf", "name-space"],
+)
+def test_extra_headers_cannot_inject_headers(headers: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        build_message(claimed(headers=headers), NOW)
+
+
+def test_ascii_body_with_a_long_link_line_goes_out_7bit_and_unchanged() -> None:
+    link = "Manage your preferences: https://acme.example/u/" + "ab" * 40
+    body = f"Hello Jane,\n\n{link}\n"
+    data = build_message(claimed(text_body=body), NOW)
+    message = parse(data)
+    assert message["Content-Transfer-Encoding"] == "7bit"
+    assert link.encode() + b"\r\n" in data
+    assert message.get_content().replace("\r\n", "\n") == body
+
+
+def test_body_line_over_998_octets_goes_out_quoted_printable_within_76() -> None:
+    body = "x" * 999 + "\n"
+    data = build_message(claimed(text_body=body), NOW)
+    message = parse(data)
+    assert message["Content-Transfer-Encoding"] == "quoted-printable"
+    assert max(len(line) for line in data.split(b"\r\n\r\n", 1)[1].split(b"\r\n")) <= 76
+    assert message.get_content().replace("\r\n", "\n") == body
+
+
+def test_multipart_boundary_occurs_in_neither_part() -> None:
+    text, html = "--=_ looks like a boundary\n", "<p>=_ --=_</p>"
+    data = build_message(claimed(text_body=text, html_body=html), NOW)
+    message = parse(data)
+    boundary = message.get_boundary()
+    assert boundary is not None
+    assert boundary not in text
+    assert boundary not in html
+    parts = list(message.iter_parts())
+    assert [part.get_content().replace("\r\n", "\n") for part in parts] == [text, html + "\n"]
+
+
+def test_non_ascii_address_is_left_to_the_email_package_as_before() -> None:
+    """SMTPUTF8 addresses are not sent by Postyard; the email package decides, as it did."""
+    delivery = claimed(to_address="zoë@example.com")
+    expected = EmailMessage(policy=email.policy.SMTP)
+    expected["To"] = delivery.to_address
+    data = build_message(delivery, NOW)
+    assert data.isascii()
+    assert bytes(expected).split(b"\r\n")[0] in data.split(b"\r\n")
