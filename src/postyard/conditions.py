@@ -39,6 +39,8 @@ class Operator(StrEnum):
     LTE = "lte"
 
 
+# A window reaching back past year 1 cannot be computed (OverflowError when evaluated).
+MAX_WITHIN_DAYS = 36_500
 UNARY = {Operator.EXISTS, Operator.NOT_EXISTS}
 ORDERING = {Operator.GT, Operator.GTE, Operator.LT, Operator.LTE}
 
@@ -181,8 +183,13 @@ def _parse_event(body: Any, pointer: str) -> Event:
     name, within_days, min_count = body["name"], body.get("within_days"), body.get("min_count", 1)
     if not isinstance(name, str) or not name:
         raise ConditionError(f"{pointer}.name", "must be a non-empty string")
-    if within_days is not None and not (_is_number(within_days) and within_days > 0):
-        raise ConditionError(f"{pointer}.within_days", "must be a number of days above zero")
+    if within_days is not None and not (
+        _is_number(within_days) and 0 < within_days <= MAX_WITHIN_DAYS
+    ):
+        raise ConditionError(
+            f"{pointer}.within_days",
+            f"must be a number of days above zero, at most {MAX_WITHIN_DAYS}",
+        )
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise ConditionError(f"{pointer}.min_count", "must be a whole number of at least 1")
     return Event(name, within_days, min_count)
