@@ -1,13 +1,17 @@
 """`postyard demo`: the routing example of the design brief, on real SMTP servers.
 
-The demo drives the product the way a user would, through the REST API, and
-reads its table of results from what each local SMTP server actually received,
-never from the routing code's own answer: if routing and delivery disagreed,
-the demo would show it.
+The demo drives the product the way a user would, through the REST API: a
+person, a segment, and in each step one real campaign of each of the four
+types, each started the way that type starts (the person entering the segment,
+an event, a newsletter send, a broadcast trigger). It reads its table of
+results from what each local SMTP server actually received, never from the
+routing code's own answer: if routing and delivery disagreed, the demo would
+show it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -25,9 +29,14 @@ from postyard.db.migrate import upgrade
 from postyard.delivery.worker import Worker
 from postyard.localsmtp import LocalSMTPServer
 from postyard.routing import CampaignType, Plan
+from postyard.secretbox import secret_box
+from postyard.services.jobs import Jobs
+from postyard.services.runtime import Runtime
 from postyard.services.workspaces import create_workspace
 
 SUBJECT_PREFIX = "Postyard demo: "
+READER = "reader"
+IN_THIS_ROUND = {"attribute": {"field": "demo_round", "operator": "exists"}}
 
 
 @dataclass(frozen=True)
@@ -59,12 +68,20 @@ class Step:
 
 
 class Demo:
-    """A premium workspace, local SMTP servers, and the API in-process."""
+    """A premium workspace, local SMTP servers, the API in-process, a worker and the jobs."""
 
-    def __init__(self, client: httpx.AsyncClient, worker: Worker) -> None:
+    def __init__(self, client: httpx.AsyncClient, worker: Worker, jobs: Jobs) -> None:
         self.client = client
         self.worker = worker
+        self.jobs = jobs
         self.smtp: dict[str, LocalSMTPServer] = {}
+        self.rounds = 0
+        self.segment_id: int | None = None
+
+    async def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        response = await self.client.request(method, path, json=body)
+        response.raise_for_status()
+        return response.json() if response.content else {}
 
     async def add_server(self, smtp: LocalSMTPServer, role: str) -> dict[str, Any]:
         self.smtp[smtp.name] = smtp
@@ -89,29 +106,69 @@ class Demo:
         request = f"PATCH {server['name']} role={role}"
         return Refusal(request, response.status_code, error["code"], error["message"])
 
+    async def add_reader(self) -> None:
+        """The person every campaign writes to, and the segment they enter in each round."""
+        await self.call(
+            "PUT", f"/v1/people/{READER}", {"email": "reader@example.com", "first_name": "Reader"}
+        )
+        segment = await self.call(
+            "POST", "/v1/segments", {"name": "In this demo round", "conditions": IN_THIS_ROUND}
+        )
+        self.segment_id = segment["id"]
+
+    async def start_each_type(self) -> None:
+        """One campaign of every type, each started as that type starts, then paused, so
+        that the next round's person and event do not start this round's campaigns again."""
+        self.rounds += 1
+        created = {
+            campaign_type: await self.call("POST", "/v1/campaigns", self._campaign(campaign_type))
+            for campaign_type in CampaignType
+        }
+        await self.call("PUT", f"/v1/people/{READER}", {"demo_round": None})
+        await self.call("PUT", f"/v1/people/{READER}", {"demo_round": self.rounds})
+        await self.call("POST", f"/v1/people/{READER}/events", {"name": "demo_event"})
+        await self.call("POST", f"/v1/campaigns/{created[CampaignType.NEWSLETTER]['id']}/send")
+        broadcast = created[CampaignType.TRIGGERED_BROADCAST]["id"]
+        await self.call("POST", f"/v1/campaigns/{broadcast}/triggers", {"ids": [READER]})
+        await asyncio.to_thread(self.jobs.run_due)
+        for campaign_type in (CampaignType.SEGMENT_TRIGGERED, CampaignType.EVENT_TRIGGERED):
+            await self.call(
+                "PATCH", f"/v1/campaigns/{created[campaign_type]['id']}", {"state": "paused"}
+            )
+
+    def _campaign(self, campaign_type: CampaignType) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": f"Demo {campaign_type.label} (round {self.rounds})",
+            "type": campaign_type.value,
+            "message": {
+                "from": "Postyard Demo <demo@example.com>",
+                "subject": f"{SUBJECT_PREFIX}{campaign_type.value}",
+                "text": f"Hi {{{{ customer.first_name }}}}, a {campaign_type.label} message "
+                "from the Postyard demo.\nUnsubscribe: {{ unsubscribe_url }}",
+            },
+        }
+        if campaign_type == CampaignType.SEGMENT_TRIGGERED:
+            body |= {"trigger": {"segment_id": self.segment_id}, "state": "active"}
+        elif campaign_type == CampaignType.EVENT_TRIGGERED:
+            body |= {"trigger": {"event_name": "demo_event"}, "state": "active"}
+        elif campaign_type == CampaignType.NEWSLETTER:
+            body |= {"audience": {"segment_id": self.segment_id}}
+        else:
+            body |= {"state": "active"}
+        return body
+
     async def send_each_type(self, title: str) -> Step:
-        """One message of every campaign type, delivered, then counted at each server."""
+        """A round of the four campaign types, delivered, then counted at each server."""
         for smtp in self.smtp.values():
             smtp.clear()
-        routing = (await self.client.get("/v1/routing")).json()
-        for campaign_type in CampaignType:
-            response = await self.client.post(
-                "/v1/test_messages",
-                json={
-                    "campaign_type": campaign_type.value,
-                    "to": "reader@example.com",
-                    "from": "Postyard Demo <demo@example.com>",
-                    "subject": f"{SUBJECT_PREFIX}{campaign_type.value}",
-                    "text": f"A {campaign_type.label} message from the Postyard demo.",
-                },
-            )
-            response.raise_for_status()
+        routing = await self.call("GET", "/v1/routing")
+        await self.start_each_type()
         await self.worker.drain(timeout=30)
         received: dict[str, list[str]] = {t.value: [] for t in CampaignType}
         for name, smtp in self.smtp.items():
             for message in smtp.messages:
                 received[(message.subject or "").removeprefix(SUBJECT_PREFIX)].append(name)
-        servers = (await self.client.get("/v1/smtp_servers")).json()["data"]
+        servers = (await self.call("GET", "/v1/smtp_servers"))["data"]
         step = Step(title, servers)
         step.rows = [
             Row(
@@ -169,13 +226,15 @@ def _workspace(settings: Settings, database: Database, name: str) -> Iterator[De
         base_url="http://postyard.demo",
         headers={"Authorization": f"Bearer {workspace.api_key}"},
     )
-    yield Demo(client, Worker(database, settings))
+    jobs = Jobs(database, Runtime(settings, secret_box(settings)))
+    yield Demo(client, Worker(database, settings), jobs)
 
 
 async def _three_servers(settings: Settings, database: Database) -> list[Step]:
     smtp = [LocalSMTPServer(name=name) for name in ("smtp-main", "smtp-events", "smtp-news")]
     with _running(*smtp), _workspace(settings, database, "Three servers") as demo:
         async with demo.client:
+            await demo.add_reader()
             await demo.add_server(smtp[0], "all_emails")
             await demo.add_server(smtp[1], "event_triggered")
             news = await demo.add_server(smtp[2], "newsletters")
@@ -200,6 +259,7 @@ async def _five_servers(settings: Settings, database: Database) -> Step:
     smtp = [LocalSMTPServer(name=name) for name in roles]
     with _running(*smtp), _workspace(settings, database, "Five servers") as demo:
         async with demo.client:
+            await demo.add_reader()
             added = [await demo.add_server(server, roles[server.name]) for server in smtp]
             step = await demo.send_each_type(
                 "Five servers, four specific roles: All Emails sends nothing"

@@ -89,6 +89,8 @@ class Delivery(Base):
         Index("ix_deliveries_due", "status", "next_attempt_at"),
         Index("ix_deliveries_workspace", "workspace_id", "id"),
         Index("ix_deliveries_campaign_person", "campaign_id", "person_id"),
+        Index("ix_deliveries_campaign_address", "campaign_id", "to_address"),
+        Index("ix_deliveries_person", "workspace_id", "person_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -136,6 +138,7 @@ class Person(Base):
     __table_args__ = (
         UniqueConstraint("workspace_id", "person_id"),
         Index("ix_people_email", "workspace_id", "email"),
+        Index("ix_people_workspace", "workspace_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -188,9 +191,15 @@ class SegmentMember(Base):
 
 
 class Campaign(Base):
-    """One campaign of any of the four types; `trigger` and `audience` hold the type's settings."""
+    """One campaign of any of the four types; `trigger` and `audience` hold the type's settings.
+
+    A newsletter's send is streamed in batches by whichever process claims it:
+    `lease_until` is that claim (renewed with each batch, which it also fences),
+    `fanout_cursor` the last person id queued, so a send that dies resumes.
+    """
 
     __tablename__ = "campaigns"
+    __table_args__ = (Index("ix_campaigns_state", "state"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace_id: Mapped[int] = mapped_column(
@@ -205,12 +214,18 @@ class Campaign(Base):
     options: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     send_at: Mapped[datetime | None] = mapped_column(DateTime)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    fanout_cursor: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
 class BroadcastTrigger(Base):
+    """One API call that triggered a broadcast; processed in batches like a newsletter's send
+    (`lease_until`, `fanout_cursor`: a person id, or a position in the request's list)."""
+
     __tablename__ = "broadcast_triggers"
+    __table_args__ = (Index("ix_broadcast_triggers_state", "state"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
@@ -221,5 +236,7 @@ class BroadcastTrigger(Base):
     state: Mapped[str] = mapped_column(String(20))
     counts: Mapped[dict[str, int]] = mapped_column(JSON, default=dict)
     errors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime)
+    fanout_cursor: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)

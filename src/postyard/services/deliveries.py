@@ -31,6 +31,8 @@ class DeliveryFilter:
     status: Status | None = None
     campaign_type: str | None = None
     smtp_server_id: int | None = None
+    address: str | None = None
+    """Part of the recipient's address, matched without regard to case."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ def list_deliveries(
     ):
         if value is not None:
             query = query.where(column == value)
+    if where.address:
+        query = query.where(Delivery.to_address.icontains(where.address, autoescape=True))
     if before is not None:
         query = query.where(Delivery.id < before)
     rows = list(session.scalars(query.order_by(Delivery.id.desc()).limit(limit + 1)))

@@ -30,6 +30,8 @@ def upgrade() -> None:
         sa.Column("options", sa.JSON(), nullable=False),
         sa.Column("send_at", sa.DateTime(), nullable=True),
         sa.Column("sent_at", sa.DateTime(), nullable=True),
+        sa.Column("lease_until", sa.DateTime(), nullable=True),
+        sa.Column("fanout_cursor", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("updated_at", sa.DateTime(), nullable=False),
         sa.ForeignKeyConstraint(
@@ -44,6 +46,7 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_campaigns_workspace_id"), ["workspace_id"], unique=False
         )
+        batch_op.create_index("ix_campaigns_state", ["state"], unique=False)
 
     op.create_table(
         "people",
@@ -66,6 +69,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("people", schema=None) as batch_op:
         batch_op.create_index("ix_people_email", ["workspace_id", "email"], unique=False)
+        batch_op.create_index("ix_people_workspace", ["workspace_id", "id"], unique=False)
 
     op.create_table(
         "segments",
@@ -98,6 +102,8 @@ def upgrade() -> None:
         sa.Column("state", sa.String(length=20), nullable=False),
         sa.Column("counts", sa.JSON(), nullable=False),
         sa.Column("errors", sa.JSON(), nullable=False),
+        sa.Column("lease_until", sa.DateTime(), nullable=True),
+        sa.Column("fanout_cursor", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("finished_at", sa.DateTime(), nullable=True),
         sa.ForeignKeyConstraint(
@@ -118,6 +124,7 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_broadcast_triggers_campaign_id"), ["campaign_id"], unique=False
         )
+        batch_op.create_index("ix_broadcast_triggers_state", ["state"], unique=False)
 
     op.create_table(
         "events",
@@ -173,10 +180,16 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_deliveries_campaign_person", ["campaign_id", "person_id"], unique=False
         )
+        batch_op.create_index(
+            "ix_deliveries_campaign_address", ["campaign_id", "to_address"], unique=False
+        )
+        batch_op.create_index("ix_deliveries_person", ["workspace_id", "person_id"], unique=False)
 
 
 def downgrade() -> None:
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
+        batch_op.drop_index("ix_deliveries_person")
+        batch_op.drop_index("ix_deliveries_campaign_address")
         batch_op.drop_index("ix_deliveries_campaign_person")
         batch_op.drop_column("headers")
 
@@ -189,6 +202,7 @@ def downgrade() -> None:
 
     op.drop_table("events")
     with op.batch_alter_table("broadcast_triggers", schema=None) as batch_op:
+        batch_op.drop_index("ix_broadcast_triggers_state")
         batch_op.drop_index(batch_op.f("ix_broadcast_triggers_campaign_id"))
 
     op.drop_table("broadcast_triggers")
@@ -197,10 +211,12 @@ def downgrade() -> None:
 
     op.drop_table("segments")
     with op.batch_alter_table("people", schema=None) as batch_op:
+        batch_op.drop_index("ix_people_workspace")
         batch_op.drop_index("ix_people_email")
 
     op.drop_table("people")
     with op.batch_alter_table("campaigns", schema=None) as batch_op:
+        batch_op.drop_index("ix_campaigns_state")
         batch_op.drop_index(batch_op.f("ix_campaigns_workspace_id"))
 
     op.drop_table("campaigns")
