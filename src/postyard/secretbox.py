@@ -36,7 +36,10 @@ class SecretBox:
         return base64.urlsafe_b64encode(digest[:18]).decode()
 
     def verify(self, message: str, signature: str) -> bool:
-        return hmac.compare_digest(self.sign(message), signature)
+        # compare_digest raises TypeError on non-ASCII str, and a signature comes from outside.
+        return hmac.compare_digest(
+            self.sign(message).encode(), signature.encode("utf-8", "replace")
+        )
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()

@@ -1,10 +1,22 @@
-"""Signed unsubscribe links: whoever holds one may unsubscribe that person, and nobody else."""
+"""Signed unsubscribe links: whoever holds one may unsubscribe that person, and nobody else.
+
+A link carries the workspace, the person (by primary key) and the campaign it came
+in, with a MAC over the three. Nothing is stored per link, so a link works for as
+long as the secret key stays the same. Following one is `services.subscriptions`.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from postyard.secretbox import SecretBox
+
+# Signed with the token so that a MAC made for another kind of link, should one
+# ever have the same shape, is never accepted as an unsubscribe link.
+PURPOSE = "unsubscribe"
+
+# Why a message to an unsubscribed person is recorded `suppressed`.
+UNSUBSCRIBED = "person unsubscribed"
 
 
 @dataclass(frozen=True)
@@ -19,16 +31,17 @@ class UnsubscribeToken:
 
 def make_token(box: SecretBox, token: UnsubscribeToken) -> str:
     message = token.message()
-    return f"{message}.{box.sign(message)}"
+    return f"{message}.{box.sign(f'{PURPOSE}:{message}')}"
 
 
 def read_token(box: SecretBox, text: str) -> UnsubscribeToken | None:
-    """The token's contents if its signature holds, else None."""
+    """The token's contents if its signature holds, else None (for any text at all)."""
     message, _, signature = text.rpartition(".")
     parts = message.split(".")
-    if len(parts) != 3 or not all(part.isdigit() for part in parts):
+    # isdigit() alone accepts digits of other scripts, which int() reads or refuses.
+    if len(parts) != 3 or not all(part.isascii() and part.isdigit() for part in parts):
         return None
-    if not box.verify(message, signature):
+    if not box.verify(f"{PURPOSE}:{message}", signature):
         return None
     workspace_id, person_pk, campaign_id = (int(part) for part in parts)
     return UnsubscribeToken(workspace_id, person_pk, campaign_id or None)
