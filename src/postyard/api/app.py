@@ -25,6 +25,8 @@ from postyard.config import Settings
 from postyard.db.engine import Database
 from postyard.delivery.worker import Worker
 from postyard.secretbox import secret_box
+from postyard.services.jobs import Jobs
+from postyard.web.ui import install_ui
 
 
 def create_app(
@@ -39,14 +41,17 @@ def create_app(
             yield
             return
         stop = asyncio.Event()
-        worker = asyncio.create_task(
-            Worker(database, settings, box=context.box).run(stop), name="delivery-worker"
-        )
+        tasks = [
+            asyncio.create_task(
+                Worker(database, settings, box=context.box).run(stop), name="delivery-worker"
+            ),
+            asyncio.create_task(Jobs(database, context.runtime).run(stop), name="jobs"),
+        ]
         try:
             yield
         finally:
             stop.set()
-            await worker
+            await asyncio.gather(*tasks)
 
     app = FastAPI(
         title="Postyard",
@@ -56,7 +61,11 @@ def create_app(
     )
     app.state.context = context
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        pages={unsubscribe.PREFIX: unsubscribe.error_page},
+    )
     for module in (
         smtp_servers,
         routing,
@@ -68,4 +77,5 @@ def create_app(
         unsubscribe,
     ):
         app.include_router(module.router)
+    install_ui(app)
     return app
