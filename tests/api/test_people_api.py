@@ -413,8 +413,8 @@ DEEP = {"a": json.loads("[" * 40 + "]" * 40)}
         ("PUT", "/v1/people/u", b'{"plan": ', 400, "malformed_json", None),
         ("PUT", "/v1/people/u", b"", 422, "invalid_request", None),
         ("PUT", "/v1/people/u", [], 422, "invalid_request", "dictionary"),
-        # a bare JSON string reads as an unparsed body to the shared error handler
-        ("PUT", "/v1/people/u", "gold", 400, "malformed_json", None),
+        # valid JSON of the wrong shape
+        ("PUT", "/v1/people/u", "gold", 422, "invalid_request", None),
         ("PUT", "/v1/people/u", NAN, 422, "invalid_request", "finite"),
         ("PUT", "/v1/people/u", b'{"a": [Infinity]}', 422, "invalid_request", "finite"),
         ("PUT", "/v1/people/u", DEEP, 422, "invalid_request", "nested too deeply"),

@@ -440,3 +440,19 @@ def test_one_click_over_real_http(
         response = client.post(url, **ONE_CLICK)
     assert_page(response, 200)
     assert person(database, pk).unsubscribed is True
+
+
+def test_unsubscribing_through_the_people_api_suppresses_queued_campaign_mail_too(
+    api: TestClient, database: Database
+) -> None:
+    """`PUT /people` with `unsubscribed: true` has the link's effect on waiting mail."""
+    pk = add_person(database, api.workspace_id)  # type: ignore[attr-defined]
+    stored = person(database, pk)
+    campaign_mail = add_delivery(database, stored, campaign_id=5, status="queued")
+    test_message = add_delivery(database, stored, campaign_id=None, status="queued")
+    response = api.put(f"/v1/people/{stored.person_id}", json={"unsubscribed": True})
+    assert response.status_code == 200, response.text
+    with database.session() as session:
+        statuses = {d.id: (d.status, d.last_error) for d in session.scalars(select(Delivery))}
+    assert statuses[campaign_mail] == ("suppressed", service.UNSUBSCRIBED)
+    assert statuses[test_message] == ("queued", None)

@@ -74,7 +74,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def _is_unparsed_body(problem: dict[str, Any]) -> bool:
     """Broken JSON, or a body sent without a JSON content type, which arrives as raw bytes."""
-    raw_body = tuple(problem["loc"]) == ("body",) and isinstance(problem.get("input"), bytes | str)
+    raw_body = tuple(problem["loc"]) == ("body",) and isinstance(problem.get("input"), bytes)
     return problem["type"] == "json_invalid" or raw_body
 
 

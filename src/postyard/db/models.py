@@ -139,6 +139,8 @@ class Person(Base):
         UniqueConstraint("workspace_id", "person_id"),
         Index("ix_people_email", "workspace_id", "email"),
         Index("ix_people_workspace", "workspace_id", "id"),
+        # Never reuse a deleted person's id: unsubscribe links carry it.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

@@ -115,6 +115,30 @@ def retry_deferred_now(session: Session, workspace_id: int, now: datetime) -> No
     )
 
 
+def withdraw_waiting(
+    session: Session,
+    workspace_id: int,
+    person_id: str,
+    status: Status,
+    reason: str,
+    now: datetime,
+    *,
+    campaign_mail_only: bool = False,
+) -> None:
+    """End a person's queued and deferred mail with `status` and the reason, unsent.
+
+    Mail already being handed to an SMTP server (`sending`) is past recall.
+    """
+    query = update(Delivery).where(
+        Delivery.workspace_id == workspace_id,
+        Delivery.person_id == person_id,
+        Delivery.status.in_(CLAIMABLE),
+    )
+    if campaign_mail_only:
+        query = query.where(Delivery.campaign_id.is_not(None))
+    session.execute(query.values(status=status, last_error=reason, updated_at=now))
+
+
 def new_message_id(from_address: str) -> str:
     """A Message-ID fixed at queue time, so every retry of a message carries the same one."""
     domain = parseaddr(from_address)[1].rpartition("@")[2] or "postyard.invalid"

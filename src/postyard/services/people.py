@@ -24,11 +24,13 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, make_transient_to_detached
 
-from postyard.db.models import Delivery, Person, PersonEvent, SegmentMember
+from postyard.db.models import Person, PersonEvent, SegmentMember
+from postyard.delivery import outbox
 from postyard.delivery.policy import Status
 from postyard.services import segments, triggers
 from postyard.services.errors import InvalidInput, NotFound, ServiceError
 from postyard.services.runtime import Runtime
+from postyard.services.unsubscribe import UNSUBSCRIBED as UNSUBSCRIBED_BECAUSE
 from postyard.services.workspaces import Caller
 
 MAX_ATTRIBUTES = 300
@@ -185,6 +187,16 @@ class _Ingest:
             if not inserted:  # a concurrent request created them: merge into what it stored
                 return self.identify(operation)
         else:
+            if fields["unsubscribed"] and not person.unsubscribed:
+                outbox.withdraw_waiting(
+                    self.session,
+                    self.workspace_id,
+                    person.person_id,
+                    Status.SUPPRESSED,
+                    UNSUBSCRIBED_BECAUSE,
+                    self.now,
+                    campaign_mail_only=True,
+                )
             for name, value in fields.items():
                 setattr(person, name, value)
             person.updated_at = self.now
@@ -208,18 +220,16 @@ class _Ingest:
         return event
 
     def forget(self, operation: Forget) -> None:
-        """Mail already being handed to an SMTP server (`sending`) is past recall."""
         person = self.people.get(operation.person_id)
         if person is None:
             raise NotFound(f"No person with id '{operation.person_id}' in this workspace.")
-        self.session.execute(
-            update(Delivery)
-            .where(
-                Delivery.workspace_id == self.workspace_id,
-                Delivery.person_id == person.person_id,
-                Delivery.status.in_([Status.QUEUED, Status.DEFERRED]),
-            )
-            .values(status=Status.CANCELLED, last_error=CANCELLED_BECAUSE, updated_at=self.now)
+        outbox.withdraw_waiting(
+            self.session,
+            self.workspace_id,
+            person.person_id,
+            Status.CANCELLED,
+            CANCELLED_BECAUSE,
+            self.now,
         )
         self.session.execute(delete(SegmentMember).where(SegmentMember.person_pk == person.id))
         self.session.execute(delete(PersonEvent).where(PersonEvent.person_pk == person.id))

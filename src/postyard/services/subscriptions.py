@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from postyard.db.models import Delivery, Person, Workspace
-from postyard.delivery.policy import CLAIMABLE, Status
+from postyard.db.models import Person, Workspace
+from postyard.delivery import outbox
+from postyard.delivery.policy import Status
 from postyard.services import segments, triggers
 from postyard.services.runtime import Runtime
 from postyard.services.unsubscribe import UNSUBSCRIBED, UnsubscribeToken
@@ -45,15 +46,14 @@ def unsubscribe(session: Session, runtime: Runtime, token: UnsubscribeToken) -> 
     if person is None:
         return None
     now = runtime.clock()
-    session.execute(
-        update(Delivery)
-        .where(
-            Delivery.workspace_id == person.workspace_id,
-            Delivery.person_id == person.person_id,
-            Delivery.campaign_id.is_not(None),
-            Delivery.status.in_(CLAIMABLE),
-        )
-        .values(status=Status.SUPPRESSED, last_error=UNSUBSCRIBED, updated_at=now)
+    outbox.withdraw_waiting(
+        session,
+        person.workspace_id,
+        person.person_id,
+        Status.SUPPRESSED,
+        UNSUBSCRIBED,
+        now,
+        campaign_mail_only=True,
     )
     if not person.unsubscribed:
         person.unsubscribed = True
