@@ -21,7 +21,14 @@ from sqlalchemy.orm import Session
 
 from postyard import templating
 from postyard.conditions import ConditionError, parse
-from postyard.db.models import BroadcastTrigger, Campaign, Delivery, Segment
+from postyard.db.models import (
+    BroadcastTrigger,
+    Campaign,
+    Delivery,
+    Person,
+    Segment,
+    SegmentMember,
+)
 from postyard.routing import CampaignType
 from postyard.services import fanout
 from postyard.services.errors import Conflict, InvalidInput, NotFound, ServiceError
@@ -493,3 +500,16 @@ def _check_per_user_data(entries: list[dict[str, Any]]) -> None:
                 f"per_user_data[{index}]: {key[0]} '{key[1]}' appears more than once."
             )
         seen.add(folded)
+
+
+def audience_size(session: Session, caller: Caller, audience: Mapping[str, Any]) -> tuple[int, int]:
+    """How many people an audience holds now, and how many of them have an email address."""
+    query = select(func.count(), func.count(Person.email)).where(
+        Person.workspace_id == caller.workspace_id
+    )
+    if "segment_id" in audience:
+        query = query.join(SegmentMember, SegmentMember.person_pk == Person.id).where(
+            SegmentMember.segment_id == audience["segment_id"]
+        )
+    people_count, with_email = session.execute(query).one()
+    return int(people_count), int(with_email)

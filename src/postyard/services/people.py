@@ -318,3 +318,15 @@ def _check_limits(attributes: Mapping[str, Any]) -> None:
             f"this change would make them {size}.",
             code="attribute_limit",
         )
+
+
+def recent_events(session: Session, person: Person, limit: int) -> list[PersonEvent]:
+    """The person's latest events, newest first."""
+    return list(
+        session.scalars(
+            select(PersonEvent)
+            .where(PersonEvent.person_pk == person.id)
+            .order_by(PersonEvent.timestamp.desc(), PersonEvent.id.desc())
+            .limit(limit)
+        )
+    )
