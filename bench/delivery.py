@@ -38,44 +38,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hashlib
-import json
 import logging
 import multiprocessing
 import os
-import platform
 import queue
 import random
-import resource
-import shutil
-import signal
 import smtplib
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import textwrap
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any
 from unittest import mock
 
-import psycopg
 from cryptography.fernet import Fernet
-from sqlalchemy import func, insert, make_url, select
-from sqlalchemy.engine import URL
+from sqlalchemy import func, insert, select
 
+from common import (
+    LOCALHOST,
+    RESULTS_DIR,
+    BenchError,
+    append_record,
+    bench_database,
+    cpu_seconds,
+    free_port,
+    install_sigterm,
+    peak_rss_mb,
+    provenance,
+    source_digest,
+    table,
+)
 from postyard.clock import utcnow
 from postyard.config import Settings
 from postyard.db.engine import Database
@@ -90,12 +92,9 @@ from postyard.secretbox import secret_box
 from postyard.services.smtp_servers import Security, ServerFields, create_server
 from postyard.services.workspaces import Caller, create_workspace
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO_DIR = BENCH_DIR.parent
-DEFAULT_RESULTS = BENCH_DIR / "results" / "delivery.jsonl"
+DEFAULT_RESULTS = RESULTS_DIR / "delivery.jsonl"
 SINK_PATH = "/usr/sbin/smtp-sink"
 SOURCE_PATH = "/usr/sbin/smtp-source"
-LOCALHOST = "127.0.0.1"
 
 # The campaign types in the order servers 2, 3, ... take them; server 1 (all_emails) carries
 # the first type no specific server serves, so with two servers the mix is half newsletters
@@ -108,10 +107,6 @@ MIX_ORDER = (
 )
 MAX_SERVERS = len(MIX_ORDER) + 1
 INSERT_CHUNK = 1000
-
-
-class BenchError(Exception):
-    """A precondition the benchmark cannot run without; `main` turns it into exit status 2."""
 
 
 # --------------------------------------------------------------------------- smtp-sink
@@ -150,12 +145,6 @@ class Sink:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def start_sink(workdir: Path, index: int, stack: ExitStack) -> Sink:
@@ -199,55 +188,6 @@ def _wait_listening(process: subprocess.Popen[bytes], port: int) -> bool:
 
 
 # --------------------------------------------------------------------------- database
-
-
-@dataclasses.dataclass(frozen=True)
-class BenchDatabase:
-    url: str
-    backend: str
-    version: str
-
-
-@contextmanager
-def bench_database(requested: str | None, workdir: Path) -> Iterator[BenchDatabase]:
-    """A database nobody else uses, removed afterwards.
-
-    On PostgreSQL the URL names the server (and the database to connect to for
-    administration); the benchmark creates `postyard_bench_<random>` there and drops it,
-    so it can never write into a database that holds someone's data.
-    """
-    if requested is None:
-        path = workdir / "postyard-bench.db"
-        yield BenchDatabase(f"sqlite:///{path}", "sqlite", sqlite3.sqlite_version)
-        return
-    url = make_url(requested)
-    if url.get_backend_name() == "sqlite":
-        if url.database and Path(url.database).exists() and Path(url.database).stat().st_size:
-            raise BenchError(f"{url.database} exists: give a path to a new SQLite file")
-        yield BenchDatabase(requested, "sqlite", sqlite3.sqlite_version)
-        return
-    if url.get_backend_name() != "postgresql":
-        raise BenchError(f"unsupported database URL {requested!r}: use sqlite or postgresql")
-    yield from _postgres_database(url)
-
-
-def _postgres_database(admin: URL) -> Iterator[BenchDatabase]:
-    name = f"postyard_bench_{uuid.uuid4().hex[:12]}"
-    dsn = admin.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        connection = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as error:
-        raise BenchError(f"cannot reach PostgreSQL at {admin.host}:{admin.port}: {error}") from None
-    with connection:
-        number = connection.info.server_version  # e.g. 150004 for 15.4
-        version = f"{number // 10000}.{number % 10000}"
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        url = admin.set(drivername="postgresql+psycopg", database=name)
-        yield BenchDatabase(url.render_as_string(hide_password=False), "postgresql", version)
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 # --------------------------------------------------------------------------- workload
@@ -440,22 +380,6 @@ def set_up_workspace(
 
 
 # --------------------------------------------------------------------------- measuring
-
-
-def peak_rss_mb() -> float:
-    """High-water mark of this process's resident memory; Linux reports ru_maxrss in KiB."""
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1024 / 1024
-
-
-def cpu_seconds() -> float:
-    """User + system CPU time of this process, all threads (the worker's database thread too).
-
-    Unlike wall-clock time it barely moves when other jobs share the machine, so
-    CPU time per message is the figure to compare across runs on a busy host.
-    """
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 @dataclasses.dataclass(frozen=True)
@@ -667,54 +591,6 @@ def run_naive(sink: Sink, letters: Letters) -> dict[str, Any]:
 # --------------------------------------------------------------------------- reporting
 
 
-def git_commit() -> str | None:
-    """The checked-out commit, read from .git directly (no git process, no lock taken);
-    `git rev-parse` only when the repository is laid out in a way this does not follow."""
-    git_dir = REPO_DIR / ".git"
-    try:
-        head = (git_dir / "HEAD").read_text().strip()
-        if not head.startswith("ref: "):
-            return head[:7]
-        ref = head[5:]
-        loose = git_dir / ref
-        if loose.exists():
-            return loose.read_text().strip()[:7]
-        for line in (git_dir / "packed-refs").read_text().splitlines():
-            if line.endswith(" " + ref):
-                return line.split()[0][:7]
-    except OSError:
-        pass
-    if shutil.which("git") is None:
-        return None
-    result = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"],
-        cwd=REPO_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return (result.stdout.strip() or None) if result.returncode == 0 else None
-
-
-def source_digest() -> str:
-    """A fingerprint of the Python sources measured: the commit alone does not say whether the
-    working tree had uncommitted edits, and two runs with equal digests ran the same code."""
-    digest = hashlib.sha256()
-    for path in sorted((REPO_DIR / "src" / "postyard").rglob("*.py")):
-        digest.update(str(path.relative_to(REPO_DIR)).encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for package in ("sqlalchemy", "aiosmtplib", "psycopg"):
-        try:
-            found[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
 def summary(record: dict[str, Any]) -> str:
     """The record as a two-column table, wall-clock figures first, then the checks."""
     r = record
@@ -750,9 +626,7 @@ def summary(record: dict[str, Any]) -> str:
         ("per sink (received)", ", ".join(f"{v:,}" for v in r["sink_received"])),
         ("verdict", "OK" if r["ok"] else "FAILED: " + "; ".join(r["problems"])),
     ]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"  {name:<{width}}  {value}" for name, value in rows]
-    return "\n".join(["Postyard delivery benchmark", *lines])
+    return table("Postyard delivery benchmark", rows)
 
 
 # --------------------------------------------------------------------------- main
@@ -827,12 +701,6 @@ def check_tools(need_source: bool) -> None:
         )
 
 
-def _terminate(_signum: int, _frame: FrameType | None) -> None:
-    """Treat SIGTERM like Ctrl-C: asyncio.run cancels the worker cleanly on KeyboardInterrupt,
-    and the unwinding stops the sinks and drops the throw-away database."""
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     digest = source_digest()  # now, before others' edits during the run could change it
     traffic = traffic_for(args.servers)
@@ -883,17 +751,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             problems.append(f"sinks received {sink_received} != expected {expected_per_server}")
 
         record: dict[str, Any] = {
-            "benchmark": "delivery",
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "commit": git_commit(),
-            "source_digest": digest,
-            "machine": {
-                "cpu_count": os.cpu_count(),
-                "platform": platform.platform(),
-                "machine": platform.machine(),
-                "load_before": round(load_before, 2),
-            },
-            "versions": versions(),
+            **provenance("delivery", digest, load_before),
             "database": {"backend": db.backend, "version": db.version},
             "messages": args.messages,
             "size": args.size,
@@ -947,7 +805,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The worker logs one INFO line per delivery: 20,000 lines would flood the terminal and
     # time the logging instead of the delivery.
     logging.getLogger("postyard").setLevel(logging.WARNING)
-    signal.signal(signal.SIGTERM, _terminate)
+    install_sigterm()
     try:
         check_tools(need_source=not args.no_smtp_source)
         record = run(args)
@@ -965,10 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         print(f"  profile: {args.profile}")
     if not args.no_record:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        with args.results.open("a") as file:
-            file.write(json.dumps(record, sort_keys=True) + "\n")
-        print(f"  recorded in {args.results}")
+        append_record(args.results, record)
     return 0 if record["ok"] else 1
 
 
