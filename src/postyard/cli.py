@@ -29,6 +29,11 @@ app.add_typer(db_app, name="db")
 
 console = Console()
 
+GRACE_HELP = (
+    "On SIGTERM or Ctrl+C, seconds that SMTP transactions under way may take to finish; "
+    "any still running then are handed back to the queue."
+)
+
 
 def _settings() -> Settings:
     try:
@@ -57,8 +62,10 @@ def _configure_logging(level: int = logging.INFO) -> None:
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
+    grace: Annotated[float, typer.Option(min=0, help=GRACE_HELP)] = 20.0,
 ) -> None:
-    """Run the API, the web UI and a delivery worker in one process."""
+    """Run the API, the web UI and a delivery worker in one process; GET /metrics shows the
+    worker's counters."""
     import uvicorn
 
     from postyard.api.app import create_app
@@ -66,34 +73,66 @@ def serve(
     _configure_logging()
     settings = _settings()
     upgrade(settings.database_url)
-    uvicorn.run(create_app(settings, run_worker=True), host=host, port=port, log_config=None)
+    # uvicorn turns SIGTERM into the app's shutdown, which stops the worker gracefully.
+    uvicorn.run(
+        create_app(settings, run_worker=True, grace_seconds=grace),
+        host=host,
+        port=port,
+        log_config=None,
+    )
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    grace: Annotated[float, typer.Option(min=0, help=GRACE_HELP)] = 20.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Serve Prometheus metrics (GET /metrics) on this port; off if unset."),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address the metrics port listens on.")
+    ] = "127.0.0.1",
+) -> None:
     """Run a delivery worker and the background jobs (newsletter sends, broadcast triggers,
-    time-window segments); start as many as the load needs."""
+    time-window segments); start as many as the load needs. SIGTERM stops it gracefully."""
     from postyard.delivery.worker import Worker
+    from postyard.metrics import Metrics
     from postyard.secretbox import secret_box
     from postyard.services.jobs import Jobs
     from postyard.services.runtime import Runtime
 
     _configure_logging()
     settings = _settings()
+    log = logging.getLogger("postyard.worker")
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            log.info("%s received: stopping", signal.Signals(signum).name)
+            stop.set()
+
         for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal, signum)
         database = Database(settings.database_url)
         box = secret_box(settings)
+        metrics = Metrics()
+        exporter = None
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            metrics.watch_queue(database)
+            exporter, _ = start_http_server(metrics_port, metrics_host, metrics.registry)
+            log.info("metrics on http://%s:%s/metrics", metrics_host, metrics_port)
         try:
             await asyncio.gather(
-                Worker(database, settings, box=box).run(stop),
+                Worker(database, settings, box=box, metrics=metrics, grace_seconds=grace).run(stop),
                 Jobs(database, Runtime(settings, box)).run(stop),
             )
         finally:
+            if exporter is not None:
+                exporter.shutdown()
             database.dispose()
 
     asyncio.run(run())

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from postyard.api import (
     campaigns,
     deliveries,
+    metrics,
     people,
     routing,
     segments,
@@ -23,17 +24,25 @@ from postyard.api.errors import install_error_handlers
 from postyard.api.limits import BodySizeLimit
 from postyard.config import Settings
 from postyard.db.engine import Database
-from postyard.delivery.worker import Worker
+from postyard.delivery.worker import DEFAULT_GRACE_SECONDS, Worker
+from postyard.metrics import Metrics
 from postyard.secretbox import secret_box
 from postyard.services.jobs import Jobs
 from postyard.web.ui import install_ui
 
 
 def create_app(
-    settings: Settings, database: Database | None = None, *, run_worker: bool = False
+    settings: Settings,
+    database: Database | None = None,
+    *,
+    run_worker: bool = False,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
 ) -> FastAPI:
+    """The app; with `run_worker`, a delivery worker and the jobs run beside it, feeding the
+    app's own metrics, and on shutdown in-flight SMTP transactions get `grace_seconds`."""
     database = database or Database(settings.database_url)
     context = AppContext(settings=settings, database=database, box=secret_box(settings))
+    app_metrics = Metrics().watch_queue(database, context.clock)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -43,7 +52,14 @@ def create_app(
         stop = asyncio.Event()
         tasks = [
             asyncio.create_task(
-                Worker(database, settings, box=context.box).run(stop), name="delivery-worker"
+                Worker(
+                    database,
+                    settings,
+                    box=context.box,
+                    metrics=app_metrics,
+                    grace_seconds=grace_seconds,
+                ).run(stop),
+                name="delivery-worker",
             ),
             asyncio.create_task(Jobs(database, context.runtime).run(stop), name="jobs"),
         ]
@@ -60,6 +76,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.context = context
+    app.state.metrics = app_metrics
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimit,
@@ -75,6 +92,7 @@ def create_app(
         campaigns,
         suppressions,
         unsubscribe,
+        metrics,
     ):
         app.include_router(module.router)
     install_ui(app)

@@ -3,13 +3,22 @@
 Database work runs in a thread so that in `postyard serve` the API shares the
 event loop with the worker without waiting on it; SMTP work runs concurrently,
 bounded per server by its connection pool.
+
+Stopping (SIGTERM) never leaves a row half-recorded: messages of the batch in hand that
+have not begun their SMTP transaction are handed back at once; transactions under way get
+`grace_seconds` to finish, and any still running then are cut and handed back too, as
+deferred and due at once (the server may have taken the message: a duplicate at most for
+each of those). The batch's outcomes and hand-backs are written in one transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
+import re
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -18,7 +27,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import aiosmtplib
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
 
 from postyard import routing
 from postyard.clock import Clock, utcnow
@@ -38,10 +48,19 @@ from postyard.delivery.policy import (
     is_hard_bounce,
 )
 from postyard.delivery.pool import ConnectionFailed, Pools, describe_error
+from postyard.metrics import Metrics, server_label
 from postyard.routing import CampaignType, Role, Via
 from postyard.secretbox import SecretBox, secret_box
 
 log = logging.getLogger(__name__)
+
+DEFAULT_GRACE_SECONDS = 20.0
+"""How long SMTP transactions under way may take to finish once the worker is told to stop."""
+
+CUT_SHORT = (
+    "released: the worker stopped during the SMTP transaction; retried at once "
+    "(the server may have accepted it)"
+)
 
 NO_ROUTE = Reply(
     None,
@@ -64,6 +83,17 @@ class Attempt:
     delivery: Claimed
     outcome: Outcome
     hard_bounce: bool = False
+    server: str = "none"
+    """The metrics label of the server it went to: its id, `default` or `none`."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """A claimed delivery handed back unfinished because the worker is stopping."""
+
+    delivery: Claimed
+    started: bool
+    """Whether its SMTP transaction had begun: then the attempt counts, else it is undone."""
 
 
 class Worker:
@@ -74,12 +104,18 @@ class Worker:
         *,
         clock: Clock = utcnow,
         box: SecretBox | None = None,
+        metrics: Metrics | None = None,
+        grace_seconds: float = DEFAULT_GRACE_SECONDS,
     ) -> None:
         self.database = database
         self.settings = settings
         self.clock = clock
         self.owner = f"{settings.hostname}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.box = box or secret_box(settings)
+        self.metrics = metrics or Metrics()
+        self.grace_seconds = grace_seconds
+        self._stop: asyncio.Event | None = None
+        self._transacting: set[int] = set()
         self.policy = RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
         self.pools = Pools(settings.hostname)
         self.default_relay = (
@@ -91,6 +127,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop` is set, polling when there is nothing due."""
         log.info("delivery worker %s started", self.owner)
+        self._stop = stop
         try:
             while not stop.is_set():
                 if await self.run_once() == 0:
@@ -98,6 +135,7 @@ class Worker:
                     with suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.settings.worker_poll_seconds)
         finally:
+            self._stop = None
             await self.pools.close()
             log.info("delivery worker %s stopped", self.owner)
 
@@ -125,9 +163,73 @@ class Worker:
         if not claimed:
             return 0
         routes = await asyncio.to_thread(self._load_routes, claimed)
-        attempts = await asyncio.gather(*(self._attempt(d, routes) for d in claimed))
-        await asyncio.to_thread(self._record, attempts)
+        attempts, releases = await self._attempt_all(claimed, routes)
+        # Not cancellable: the outcomes of the batch are written whole or not at all.
+        await asyncio.shield(asyncio.to_thread(self._record, attempts, releases))
         return len(claimed)
+
+    async def _attempt_all(
+        self, claimed: Sequence[Claimed], routes: Routes
+    ) -> tuple[list[Attempt], list[Release]]:
+        """Attempt the batch concurrently; when the worker is told to stop meanwhile, hand
+        back what has not begun at once and what is still under way after the grace period."""
+        tasks = {asyncio.create_task(self._attempt(d, routes)): d for d in claimed}
+        stop = self._stop
+        pending: set[asyncio.Task[Attempt]] = set(tasks)
+        if stop is None:
+            await asyncio.wait(pending)
+            pending = set()
+        else:
+            stopping = asyncio.ensure_future(stop.wait())
+            try:
+                while pending and not stop.is_set():
+                    _, pending = await asyncio.wait(
+                        pending | {stopping}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    pending.discard(stopping)  # type: ignore[arg-type]
+            finally:
+                stopping.cancel()
+        started: set[int] = set()
+        if pending:
+            started = await self._wind_down(pending, tasks)
+        attempts: list[Attempt] = []
+        releases: list[Release] = []
+        for task, delivery in tasks.items():
+            if task not in pending:
+                attempts.append(task.result())
+            elif task.done() and not task.cancelled() and task.exception() is None:
+                attempts.append(task.result())  # finished within the grace period
+            else:  # cancelled, or cut and not yet closed: its row goes back to the queue
+                releases.append(Release(delivery, started=delivery.id in started))
+        return attempts, releases
+
+    async def _wind_down(
+        self, pending: set[asyncio.Task[Attempt]], tasks: dict[asyncio.Task[Attempt], Claimed]
+    ) -> set[int]:
+        """Cancel the attempts not yet talking to a server, give the others the grace period,
+        then cancel those too; returns the ids whose transaction had begun when cut."""
+        under_way = 0
+        for task in pending:
+            if tasks[task].id in self._transacting:
+                under_way += 1
+            else:
+                task.cancel()
+        log.info(
+            "delivery worker %s stopping: %s message(s) handed back, %s transaction(s) "
+            "under way get %g s to finish",
+            self.owner,
+            len(pending) - under_way,
+            under_way,
+            self.grace_seconds,
+        )
+        _, late = await asyncio.wait(pending, timeout=self.grace_seconds)
+        cut = {tasks[task].id for task in late}
+        for task in late:
+            task.cancel()
+        if late:
+            # Give the cut connections a moment to close; the outcome does not depend on it.
+            await asyncio.wait(late, timeout=2)
+        return cut
 
     def _claim(self, now: datetime) -> list[Claimed]:
         with self.database.session() as session:
@@ -198,11 +300,18 @@ class Worker:
                 delivery,
                 Outcome(delivery.id, Status.FAILED, now, last_error=f"render_error: {error}"),
             )
+        server = server_label(endpoint.server_id, default_relay=True)
         try:
             async with self.pools.for_endpoint(endpoint).connection() as client:
-                _, response = await client.sendmail(
-                    delivery.from_address, [delivery.to_address], data
-                )
+                self._transacting.add(delivery.id)
+                began = time.perf_counter()
+                try:
+                    _, response = await client.sendmail(
+                        delivery.from_address, [delivery.to_address], data
+                    )
+                finally:
+                    self._transacting.discard(delivery.id)
+                    self.metrics.observe_transaction(server, time.perf_counter() - began)
         except aiosmtplib.SMTPRecipientsRefused as refused:
             first = refused.recipients[0]
             reply = Reply(first.code, first.message)
@@ -222,7 +331,7 @@ class Worker:
                 smtp_response=f"250 {response}",
                 sent_at=self.clock(),
             )
-            return Attempt(delivery, outcome)
+            return Attempt(delivery, outcome, server=server)
         return self._failed_attempt(delivery, reply, endpoint, via)
 
     def _failed_attempt(
@@ -240,11 +349,16 @@ class Worker:
             smtp_response=str(reply) if reply.code is not None else None,
             last_error=verdict.error,
         )
-        return Attempt(delivery, outcome, hard_bounce=is_hard_bounce(reply))
+        server = server_label(
+            endpoint.server_id if endpoint else None, default_relay=endpoint is not None
+        )
+        return Attempt(delivery, outcome, hard_bounce=is_hard_bounce(reply), server=server)
 
-    def _record(self, attempts: Sequence[Attempt]) -> None:
+    def _record(self, attempts: Sequence[Attempt], releases: Sequence[Release] = ()) -> None:
+        now = self.clock()
         with self.database.session() as session:
-            outbox.record(session, self.owner, [a.outcome for a in attempts], self.clock())
+            outbox.record(session, self.owner, [a.outcome for a in attempts], now)
+            self._release(session, releases, now)
             for attempt in attempts:
                 if attempt.hard_bounce:
                     outbox.suppress(
@@ -253,14 +367,94 @@ class Worker:
                         attempt.delivery.to_address,
                         f"hard bounce: {attempt.outcome.smtp_response}",
                     )
-        for attempt in attempts:
-            outcome = attempt.outcome
-            log.info(
-                "delivery %s workspace=%s status=%s server=%s via=%s reply=%s",
-                outcome.delivery_id,
-                attempt.delivery.workspace_id,
-                outcome.status,
-                outcome.smtp_server_id,
-                outcome.route_via,
-                outcome.smtp_response or outcome.last_error,
+        self.metrics.count(
+            (a.outcome.status.value, a.server, a.delivery.campaign_type) for a in attempts
+        )
+        if releases:
+            self.metrics.released.inc(len(releases))
+        if log.isEnabledFor(logging.INFO):
+            for attempt in attempts:
+                log.info("%s", outcome_line(attempt))
+            for release in releases:
+                log.info("%s", release_line(release))
+
+    def _release(self, session: Session, releases: Sequence[Release], now: datetime) -> None:
+        """Hand rows back as queued or deferred, due now. A transaction that never began is
+        not an attempt: its count is undone, and a message never tried goes back to queued."""
+        for started in (False, True):
+            ids = [r.delivery.id for r in releases if r.started is started]
+            if not ids:
+                continue
+            attempts = Delivery.attempts if started else Delivery.attempts - 1
+            values: dict[str, object] = {
+                "status": case((attempts <= 0, Status.QUEUED.value), else_=Status.DEFERRED.value),
+                "attempts": attempts,
+                "next_attempt_at": now,
+                "lease_owner": None,
+                "updated_at": now,
+            }
+            if started:
+                values["last_error"] = CUT_SHORT
+            session.execute(
+                update(Delivery)
+                .where(
+                    Delivery.id.in_(ids),
+                    Delivery.lease_owner == self.owner,
+                    Delivery.status == Status.SENDING,
+                )
+                .values(values)
+                .execution_options(synchronize_session=False)
             )
+
+
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+")
+
+
+def _value(value: object) -> str:
+    """A logfmt value: bare when it can be, else quoted with escapes, so a server's reply
+    can neither break the line nor forge a field."""
+    text = "-" if value is None else str(value)
+    if text and all(c.isalnum() or c in "-_.:/@+" for c in text) and text.isascii():
+        return text
+    return json.dumps(text)
+
+
+def _reply_code(outcome: Outcome) -> str | None:
+    text = outcome.smtp_response
+    if text and text[:3].isdigit():
+        return text[:3]
+    return None
+
+
+def outcome_line(attempt: Attempt) -> str:
+    """One key=value line for a delivery outcome: ids, type, route, status, reply; never the
+    message, a credential, or the recipient's address."""
+    delivery, outcome = attempt.delivery, attempt.outcome
+    detail = outcome.smtp_response if outcome.status is Status.SENT else outcome.last_error
+    fields = (
+        ("event", "delivery"),
+        ("workspace", delivery.workspace_id),
+        ("delivery", delivery.id),
+        ("campaign_type", delivery.campaign_type),
+        ("server", outcome.smtp_server_id),
+        ("via", outcome.route_via),
+        ("status", outcome.status.value),
+        ("reply_code", _reply_code(outcome)),
+        ("attempts", delivery.attempts),
+        ("detail", _ADDRESS.sub("<address>", detail[:300]) if detail else None),
+    )
+    return " ".join(f"{key}={_value(value)}" for key, value in fields)
+
+
+def release_line(release: Release) -> str:
+    delivery = release.delivery
+    fields = (
+        ("event", "delivery"),
+        ("workspace", delivery.workspace_id),
+        ("delivery", delivery.id),
+        ("campaign_type", delivery.campaign_type),
+        ("status", "released"),
+        ("in_transaction", "yes" if release.started else "no"),
+        ("attempts", delivery.attempts if release.started else delivery.attempts - 1),
+    )
+    return " ".join(f"{key}={_value(value)}" for key, value in fields)
