@@ -88,6 +88,26 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
     return url
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_database_url(
+    request: pytest.FixtureRequest,
+    sqlite_template: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> str:
+    """One database per module and backend, for folders whose tests isolate themselves.
+
+    Tests that act only in fresh workspaces of their own (`api`, `make_api`) are
+    as isolated as with a fresh database, without the set-up cost of one per
+    test; such a folder's conftest makes this its `database_url`.
+    """
+    if request.param == "sqlite":
+        path = tmp_path_factory.mktemp("module") / "postyard.db"
+        shutil.copy(sqlite_template, path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_database")
+    return url
+
+
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     """Fast retries and short timeouts, so retry tests take fractions of a second."""

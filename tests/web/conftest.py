@@ -7,9 +7,7 @@ acts in fresh workspaces of its own.
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -24,18 +22,10 @@ from postyard.services.workspaces import create_workspace
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def database_url(
-    request: pytest.FixtureRequest,
-    sqlite_template: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> str:
-    if request.param == "sqlite":
-        path = tmp_path_factory.mktemp("web") / "postyard.db"
-        shutil.copy(sqlite_template, path)
-        return f"sqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_database")
-    return url
+@pytest.fixture(scope="module")
+def database_url(module_database_url: str) -> str:
+    """Web tests act only in fresh workspaces of their own: one database per module."""
+    return module_database_url
 
 
 class Browserless(TestClient):

@@ -19,7 +19,7 @@ from pydantic import (
 
 from postyard.api.context import Context, CurrentCaller
 from postyard.api.errors import error_response
-from postyard.api.fields import STRICT, EmailAddress, HeaderLine, Mailbox, Name, RowId, Text
+from postyard.api.fields import STRICT, EmailAddress, HeaderLine, Mailbox, Name, Patch, RowId, Text
 from postyard.api.people import PersonId, check_json
 from postyard.api.segments import ConditionTree
 from postyard.clock import isoformat
@@ -81,27 +81,16 @@ class MessageIn(BaseModel):
         }
 
 
-class MessagePatch(BaseModel):
+class MessagePatch(Patch):
     """Only the fields sent change; `null` removes reply_to, text or html."""
 
-    model_config = STRICT
+    NULLABLE = frozenset(["html", "reply_to", "text"])
 
     from_: AddressTemplate | None = Field(default=None, alias="from")
     reply_to: AddressTemplate | None = None
     subject: HeaderLine | None = None
     text: Text | None = None
     html: Text | None = None
-
-    @model_validator(mode="after")
-    def _required_not_null(self) -> MessagePatch:
-        nulled = sorted(
-            name.rstrip("_")
-            for name in self.model_fields_set & {"from_", "subject"}
-            if getattr(self, name) is None
-        )
-        if nulled:
-            raise ValueError(f"{', '.join(nulled)} cannot be null")
-        return self
 
     def changes(self) -> dict[str, str | None]:
         return {name.rstrip("_"): getattr(self, name) for name in self.model_fields_set}
@@ -164,10 +153,10 @@ class CampaignCreate(BaseModel):
         )
 
 
-class CampaignPatch(BaseModel):
+class CampaignPatch(Patch):
     """Only the fields sent change; `message` changes field by field."""
 
-    model_config = STRICT
+    NULLABLE = frozenset(["audience", "frequency", "include_existing", "re_entry", "trigger"])
 
     name: Name | None = None
     type: CampaignType | None = None
@@ -178,16 +167,6 @@ class CampaignPatch(BaseModel):
     include_existing: StrictBool | None = None
     frequency: Frequency | None = None
     state: SettableState | None = None
-
-    @model_validator(mode="after")
-    def _required_not_null(self) -> CampaignPatch:
-        nullable = {"trigger", "audience", "re_entry", "include_existing", "frequency"}
-        nulled = sorted(
-            name for name in self.model_fields_set - nullable if getattr(self, name) is None
-        )
-        if nulled:
-            raise ValueError(f"{', '.join(nulled)} cannot be null")
-        return self
 
     def changes(self) -> dict[str, Any]:
         changes: dict[str, Any] = {name: getattr(self, name) for name in self.model_fields_set}

@@ -6,10 +6,18 @@ import ipaddress
 import re
 from email.headerregistry import Address
 from email.utils import getaddresses
-from typing import Annotated
+from typing import Annotated, ClassVar, Self
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 
 STRICT = ConfigDict(extra="forbid")
 
@@ -82,3 +90,22 @@ MaxConnections = Annotated[StrictInt, Field(ge=1, le=100)]
 # Ids in paths and filters: the id columns are 32-bit INTEGER on PostgreSQL, and a number
 # outside that range must be refused as input, not reach the driver (which raises: a 500).
 RowId = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+
+
+class Patch(BaseModel):
+    """A PATCH body: only the fields sent change, and only those in `NULLABLE` may be null."""
+
+    model_config = STRICT
+    NULLABLE: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _only_nullable_fields_are_null(self) -> Self:
+        fields = type(self).model_fields
+        nulled = sorted(
+            fields[name].alias or name
+            for name in self.model_fields_set - self.NULLABLE
+            if getattr(self, name) is None
+        )
+        if nulled:
+            raise ValueError(f"{', '.join(nulled)} cannot be null")
+        return self

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
-from pydantic import AfterValidator, BaseModel, model_validator
+from pydantic import AfterValidator, BaseModel
 from sqlalchemy.orm import Session
 
 from postyard.api.context import Context, CurrentCaller
-from postyard.api.fields import STRICT, Name, RowId
+from postyard.api.fields import STRICT, Name, Patch, RowId
 from postyard.api.people import check_json
 from postyard.clock import isoformat
 from postyard.db.models import Segment
@@ -38,20 +38,11 @@ class SegmentCreate(BaseModel):
     conditions: ConditionTree
 
 
-class SegmentPatch(BaseModel):
+class SegmentPatch(Patch):
     """Only the fields sent change; new conditions re-evaluate every person."""
-
-    model_config = STRICT
 
     name: Name | None = None
     conditions: ConditionTree = None
-
-    @model_validator(mode="after")
-    def _not_null(self) -> SegmentPatch:
-        nulled = sorted(name for name in self.model_fields_set if getattr(self, name) is None)
-        if nulled:
-            raise ValueError(f"{', '.join(nulled)} cannot be null")
-        return self
 
 
 class SegmentOut(BaseModel):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, SecretStr, model_validator
+from pydantic import BaseModel, SecretStr
 from starlette.concurrency import run_in_threadpool
 
 from postyard.api.context import Context, CurrentCaller
-from postyard.api.fields import STRICT, Host, MaxConnections, Name, Port, Position, RowId
+from postyard.api.fields import STRICT, Host, MaxConnections, Name, Patch, Port, Position, RowId
 from postyard.clock import isoformat
 from postyard.db.models import SmtpServer
 from postyard.delivery.endpoints import Endpoint, endpoint_for
@@ -36,10 +36,10 @@ class ServerCreate(BaseModel):
     max_connections: MaxConnections = 4
 
 
-class ServerPatch(BaseModel):
+class ServerPatch(Patch):
     """Only the fields sent change; `password: null` removes the stored password."""
 
-    model_config = STRICT
+    NULLABLE = frozenset(["ca_bundle", "password", "username"])
 
     name: Name | None = None
     host: Host | None = None
@@ -51,16 +51,6 @@ class ServerPatch(BaseModel):
     role: Role | None = None
     position: Position | None = None
     max_connections: MaxConnections | None = None
-
-    @model_validator(mode="after")
-    def _required_fields_not_null(self) -> ServerPatch:
-        nullable = {"username", "password", "ca_bundle"}
-        nulled = sorted(
-            name for name in self.model_fields_set - nullable if getattr(self, name) is None
-        )
-        if nulled:
-            raise ValueError(f"{', '.join(nulled)} cannot be null")
-        return self
 
     def changes(self) -> dict[str, Any]:
         changes = {name: getattr(self, name) for name in self.model_fields_set}
