@@ -12,6 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from postyard.routing import PlanLimit, RuleViolation
@@ -28,6 +29,22 @@ HTTP_CODES = {
 }
 
 
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# Declared for every operation, so that the OpenAPI document describes the 4xx answers the
+# API really sends (FastAPI would otherwise declare only a 422 of its own `{"detail"}` shape).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": 'Client error: `{"error": {"code", "message"}}`'}
+}
+
+
 def error_response(status: int, code: str, message: str, **headers: str) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": code, "message": message}}, status_code=status, headers=headers
@@ -37,8 +54,7 @@ def error_response(status: int, code: str, message: str, **headers: str) -> JSON
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, error: ServiceError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
-        return error_response(error.status, error.code, error.message, **headers)
+        return error_response(error.status, error.code, error.message, **error.headers)
 
     @app.exception_handler(RuleViolation)
     async def rule_violation(_: Request, error: RuleViolation) -> JSONResponse:
