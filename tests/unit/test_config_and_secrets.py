@@ -40,7 +40,7 @@ def test_from_env_reads_every_postyard_variable() -> None:
             "POSTYARD_SMTP_TIMEOUT_SECONDS": "10",
             "POSTYARD_LEASE_SECONDS": "45",
             "POSTYARD_WORKER_BATCH_SIZE": "50",
-            "POSTYARD_WORKER_POLL_SECONDS": "0.25",
+            "POSTYARD_WORKER_POLL_SECONDS": "0.5",
             "POSTYARD_MAX_REQUEST_BYTES": "2048",
             "POSTYARD_HOSTNAME": "worker-7",
         }
@@ -56,7 +56,7 @@ def test_from_env_reads_every_postyard_variable() -> None:
         smtp_timeout_seconds=10.0,
         lease_seconds=45.0,
         worker_batch_size=50,
-        worker_poll_seconds=0.25,
+        worker_poll_seconds=0.5,
         max_request_bytes=2048,
         hostname="worker-7",
     )

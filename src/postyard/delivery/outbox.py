@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import Engine, bindparam, event, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from postyard.db.models import Delivery, Suppression
 from postyard.delivery.policy import CLAIMABLE, Status
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,10 @@ def enqueue_many(
         return []
     suppressed = suppressed_among(session, workspace_id, [letter.to_address for letter in letters])
     rows = [_row(workspace_id, letter, suppressed, now, now + lifetime) for letter in letters]
-    return list(session.scalars(insert(Delivery).returning(Delivery.id), rows))
+    ids = list(session.scalars(insert(Delivery).returning(Delivery.id), rows))
+    if any(row["status"] == Status.QUEUED for row in rows):
+        session.info[_DUE_NOW] = True
+    return ids
 
 
 def _row(
@@ -104,7 +111,7 @@ def retry_deferred_now(session: Session, workspace_id: int, now: datetime) -> No
     given another role it may have a working route at once (R6, R7), and an
     hour's wait for the next scheduled attempt would hide that.
     """
-    session.execute(
+    result = session.execute(
         update(Delivery)
         .where(
             Delivery.workspace_id == workspace_id,
@@ -113,6 +120,57 @@ def retry_deferred_now(session: Session, workspace_id: int, now: datetime) -> No
         )
         .values(next_attempt_at=now)
     )
+    if result.rowcount:
+        session.info[_DUE_NOW] = True
+
+
+# Wake-ups: a worker in the same process as the code that queues mail (`postyard serve`)
+# need not wait out its idle poll. `enqueue_many` marks its session; once that session
+# commits, the callbacks registered for its engine run (in the committing thread, so they
+# must be thread-safe and quick). Other processes still find the mail by polling.
+
+_DUE_NOW = "postyard.outbox.due_now"
+_wakers: dict[Engine, list[Callable[[], None]]] = {}
+_wakers_lock = threading.Lock()
+_listening = False
+
+
+def when_due(engine: Engine, callback: Callable[[], None]) -> Callable[[], None]:
+    """Call `callback` after each commit, through a session bound to `engine`, that queued
+    mail due at once; returns the function that unregisters it."""
+    global _listening
+    with _wakers_lock:
+        if not _listening:
+            event.listen(Session, "after_commit", _after_commit)
+            event.listen(Session, "after_rollback", _after_rollback)
+            _listening = True
+        _wakers.setdefault(engine, []).append(callback)
+
+    def forget() -> None:
+        with _wakers_lock:
+            callbacks = _wakers.get(engine, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                _wakers.pop(engine, None)
+
+    return forget
+
+
+def _after_commit(session: Session) -> None:
+    if not session.info.pop(_DUE_NOW, False):
+        return
+    with _wakers_lock:
+        callbacks = list(_wakers.get(session.bind, ()))  # type: ignore[arg-type]
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:  # a wake-up is an optimisation: polling still finds the mail
+            log.exception("outbox wake-up callback failed")
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_DUE_NOW, None)
 
 
 def withdraw_waiting(
@@ -223,6 +281,30 @@ def claim(
         .returning(*_CLAIMED_COLUMNS)
     )
     return [Claimed(*row) for row in rows]
+
+
+def renew(
+    session: Session, owner: str, ids: Sequence[int], now: datetime, lease: timedelta
+) -> set[int]:
+    """Extend the lease of rows this worker still holds; returns the ids it still holds.
+
+    A leased row's `next_attempt_at` is its lease expiry: a batch slower than the lease
+    pushes it forward while its messages are in flight, so that no other worker claims them.
+    """
+    if not ids:
+        return set()
+    rows = session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_(ids),
+            Delivery.lease_owner == owner,
+            Delivery.status == Status.SENDING,
+        )
+        .values(next_attempt_at=now + lease)
+        .returning(Delivery.id)
+        .execution_options(synchronize_session=False)
+    )
+    return set(rows.scalars())
 
 
 @dataclass(frozen=True)

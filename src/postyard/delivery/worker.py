@@ -4,11 +4,21 @@ Database work runs in a thread so that in `postyard serve` the API shares the
 event loop with the worker without waiting on it; SMTP work runs concurrently,
 bounded per server by its connection pool.
 
+Outcomes are recorded as the batch goes, not only at its end: every `flush_seconds` (1 s,
+or a third of the lease when that is shorter) the outcomes finished so far are written and,
+in the same transaction, the lease of the rows still in flight is pushed forward, for as
+long as this worker still holds them. A batch slower than `lease_seconds` (a slow server,
+few connections) is therefore never claimed again by another worker while it is being sent;
+a row whose lease was lost all the same (this worker stalled past it) is not started here.
+
 Stopping (SIGTERM) never leaves a row half-recorded: messages of the batch in hand that
 have not begun their SMTP transaction are handed back at once; transactions under way get
 `grace_seconds` to finish, and any still running then are cut and handed back too, as
 deferred and due at once (the server may have taken the message: a duplicate at most for
-each of those). The batch's outcomes and hand-backs are written in one transaction.
+each of those). Each write of outcomes and hand-backs is one transaction.
+
+When idle the worker polls every `worker_poll_seconds`; `wake()` (thread-safe) cuts the
+wait short, and `postyard serve` calls it whenever its own API or jobs queue mail.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import aiosmtplib
 from sqlalchemy import case, func, select, update
@@ -57,6 +68,9 @@ log = logging.getLogger(__name__)
 DEFAULT_GRACE_SECONDS = 20.0
 """How long SMTP transactions under way may take to finish once the worker is told to stop."""
 
+FLUSH_SECONDS = 1.0
+"""How often a batch in progress records its finished outcomes and renews its lease."""
+
 CUT_SHORT = (
     "released: the worker stopped during the SMTP transaction; retried at once "
     "(the server may have accepted it)"
@@ -85,6 +99,19 @@ class Attempt:
     hard_bounce: bool = False
     server: str = "none"
     """The metrics label of the server it went to: its id, `default` or `none`."""
+
+
+@dataclass(eq=False)
+class _Batch:
+    """The attempts of one claimed batch, and how far their recording has got."""
+
+    tasks: dict[asyncio.Task[Attempt], Claimed]
+    flush_at: float
+    """The event loop's time of the next flush."""
+    recorded: set[asyncio.Task[Attempt]] = field(default_factory=set)
+    """Attempts whose outcome a flush has already written."""
+    lost: set[int] = field(default_factory=set)
+    """Ids whose lease another worker took while they were in flight: never written here."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +143,11 @@ class Worker:
         self.grace_seconds = grace_seconds
         self._stop: asyncio.Event | None = None
         self._transacting: set[int] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup = asyncio.Event()
+        self._wake_pending = False
+        self.lease = timedelta(seconds=settings.lease_seconds)
+        self.flush_seconds = min(FLUSH_SECONDS, settings.lease_seconds / 3)
         self.policy = RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
         self.pools = Pools(settings.hostname)
         self.default_relay = (
@@ -125,19 +157,45 @@ class Worker:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until `stop` is set, polling when there is nothing due."""
+        """Deliver until `stop` is set, polling when there is nothing due, or woken."""
         log.info("delivery worker %s started", self.owner)
         self._stop = stop
+        self._loop = asyncio.get_running_loop()
         try:
             while not stop.is_set():
+                # Cleared before the claim: mail queued from here on wakes the next wait.
+                self._wakeup.clear()
+                self._wake_pending = False
                 if await self.run_once() == 0:
                     await self.pools.retire_idle()
-                    with suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), self.settings.worker_poll_seconds)
+                    await self._idle(stop)
         finally:
             self._stop = None
+            self._loop = None
             await self.pools.close()
             log.info("delivery worker %s stopped", self.owner)
+
+    def wake(self) -> None:
+        """Cut the idle wait short: mail is due. Safe to call from any thread, at any time;
+        calls between two rounds of the worker coalesce into one wake-up."""
+        loop = self._loop
+        if loop is None or self._wake_pending:
+            return
+        self._wake_pending = True
+        with suppress(RuntimeError):  # the loop has closed: the worker is gone
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wakeup.wait())}
+        try:
+            await asyncio.wait(
+                waits,
+                timeout=self.settings.worker_poll_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     async def drain(self, timeout: float = 30.0) -> None:
         """Deliver until nothing is waiting or in flight; for the demo and the tests."""
@@ -163,38 +221,28 @@ class Worker:
         if not claimed:
             return 0
         routes = await asyncio.to_thread(self._load_routes, claimed)
-        attempts, releases = await self._attempt_all(claimed, routes)
-        # Not cancellable: the outcomes of the batch are written whole or not at all.
+        batch = _Batch(
+            {asyncio.create_task(self._attempt(d, routes)): d for d in claimed},
+            flush_at=asyncio.get_running_loop().time() + self.flush_seconds,
+        )
+        attempts, releases = await self._attempt_all(batch)
+        # Not cancellable: the rest of the batch's outcomes are written whole or not at all.
         await asyncio.shield(asyncio.to_thread(self._record, attempts, releases))
         return len(claimed)
 
-    async def _attempt_all(
-        self, claimed: Sequence[Claimed], routes: Routes
-    ) -> tuple[list[Attempt], list[Release]]:
-        """Attempt the batch concurrently; when the worker is told to stop meanwhile, hand
-        back what has not begun at once and what is still under way after the grace period."""
-        tasks = {asyncio.create_task(self._attempt(d, routes)): d for d in claimed}
-        stop = self._stop
-        pending: set[asyncio.Task[Attempt]] = set(tasks)
-        if stop is None:
-            await asyncio.wait(pending)
-            pending = set()
-        else:
-            stopping = asyncio.ensure_future(stop.wait())
-            try:
-                while pending and not stop.is_set():
-                    _, pending = await asyncio.wait(
-                        pending | {stopping}, return_when=asyncio.FIRST_COMPLETED
-                    )
-                    pending.discard(stopping)  # type: ignore[arg-type]
-            finally:
-                stopping.cancel()
+    async def _attempt_all(self, batch: _Batch) -> tuple[list[Attempt], list[Release]]:
+        """Attempt the batch concurrently, recording outcomes and renewing the lease as it
+        goes; when the worker is told to stop meanwhile, hand back what has not begun at once
+        and what is still under way after the grace period. Returns what is left to write."""
+        pending = await self._await(batch, set(batch.tasks), self._stop)
         started: set[int] = set()
         if pending:
-            started = await self._wind_down(pending, tasks)
+            started = await self._wind_down(batch, pending)
         attempts: list[Attempt] = []
         releases: list[Release] = []
-        for task, delivery in tasks.items():
+        for task, delivery in batch.tasks.items():
+            if task in batch.recorded or delivery.id in batch.lost:
+                continue
             if task not in pending:
                 attempts.append(task.result())
             elif task.done() and not task.cancelled() and task.exception() is None:
@@ -203,11 +251,97 @@ class Worker:
                 releases.append(Release(delivery, started=delivery.id in started))
         return attempts, releases
 
-    async def _wind_down(
-        self, pending: set[asyncio.Task[Attempt]], tasks: dict[asyncio.Task[Attempt], Claimed]
-    ) -> set[int]:
+    async def _await(
+        self,
+        batch: _Batch,
+        pending: set[asyncio.Task[Attempt]],
+        stop: asyncio.Event | None = None,
+        timeout: float | None = None,
+    ) -> set[asyncio.Task[Attempt]]:
+        """Wait until the attempts are done, `stop` is set or `timeout` has passed, flushing
+        every `flush_seconds` meanwhile; returns the attempts still pending.
+
+        It wakes only for those (not for each attempt that ends), so a batch costs the same
+        whatever its size."""
+        loop = asyncio.get_running_loop()
+        remaining = {task for task in pending if not task.done()}
+        if not remaining:
+            return set()
+        deadline = None if timeout is None else loop.time() + timeout
+        finished: asyncio.Future[None] = loop.create_future()
+
+        def ended(task: asyncio.Task[Attempt]) -> None:
+            remaining.discard(task)
+            if not remaining and not finished.done():
+                finished.set_result(None)
+
+        for task in remaining:
+            task.add_done_callback(ended)
+        waits: set[asyncio.Future[Any]] = {finished}
+        if stop is not None:
+            waits.add(asyncio.ensure_future(stop.wait()))
+        try:
+            while remaining and not (stop is not None and stop.is_set()):
+                now = loop.time()
+                if deadline is not None and now >= deadline:
+                    break
+                until = batch.flush_at if deadline is None else min(batch.flush_at, deadline)
+                await asyncio.wait(
+                    waits, timeout=max(until - now, 0), return_when=asyncio.FIRST_COMPLETED
+                )
+                if remaining and loop.time() >= batch.flush_at:
+                    await self._flush(batch, set(remaining))
+        finally:
+            for task in list(remaining):
+                task.remove_done_callback(ended)
+            for waiting in waits:
+                waiting.cancel()
+        return set(remaining)
+
+    async def _flush(self, batch: _Batch, pending: set[asyncio.Task[Attempt]]) -> None:
+        """Record the attempts finished since the last flush and renew the lease of the
+        rest; an attempt whose row another worker has taken since is no longer ours: it is
+        cancelled unless its SMTP transaction has begun, and never recorded here."""
+        done = [
+            task
+            for task, delivery in batch.tasks.items()
+            if task.done()
+            and task not in batch.recorded
+            and delivery.id not in batch.lost
+            and not task.cancelled()
+            and task.exception() is None
+        ]
+        attempts = [task.result() for task in done]
+        in_flight = {
+            batch.tasks[task].id: task for task in pending if batch.tasks[task].id not in batch.lost
+        }
+        try:
+            # Not cancellable: the outcomes and the renewal are written whole or not at all.
+            held = await asyncio.shield(
+                asyncio.to_thread(self._record, attempts, (), list(in_flight))
+            )
+        except Exception:  # the database failed: keep the outcomes for the next write
+            log.exception("delivery worker %s: recording a batch in progress failed", self.owner)
+            batch.flush_at = asyncio.get_running_loop().time() + self.flush_seconds
+            return
+        batch.recorded.update(done)
+        batch.flush_at = asyncio.get_running_loop().time() + self.flush_seconds
+        lost = set(in_flight) - held
+        if lost:
+            log.warning(
+                "delivery worker %s lost the lease of %s message(s) in flight to another worker",
+                self.owner,
+                len(lost),
+            )
+            batch.lost.update(lost)
+            for delivery_id in lost:
+                if delivery_id not in self._transacting:
+                    in_flight[delivery_id].cancel()
+
+    async def _wind_down(self, batch: _Batch, pending: set[asyncio.Task[Attempt]]) -> set[int]:
         """Cancel the attempts not yet talking to a server, give the others the grace period,
         then cancel those too; returns the ids whose transaction had begun when cut."""
+        tasks = batch.tasks
         under_way = 0
         for task in pending:
             if tasks[task].id in self._transacting:
@@ -222,7 +356,8 @@ class Worker:
             under_way,
             self.grace_seconds,
         )
-        _, late = await asyncio.wait(pending, timeout=self.grace_seconds)
+        # The lease of the transactions under way is still renewed while they finish.
+        late = await self._await(batch, pending, timeout=self.grace_seconds)
         cut = {tasks[task].id for task in late}
         for task in late:
             task.cancel()
@@ -234,11 +369,7 @@ class Worker:
     def _claim(self, now: datetime) -> list[Claimed]:
         with self.database.session() as session:
             return outbox.claim(
-                session,
-                self.owner,
-                self.settings.worker_batch_size,
-                now,
-                timedelta(seconds=self.settings.lease_seconds),
+                session, self.owner, self.settings.worker_batch_size, now, self.lease
             )
 
     def _next_due(self) -> datetime | None:
@@ -354,11 +485,19 @@ class Worker:
         )
         return Attempt(delivery, outcome, hard_bounce=is_hard_bounce(reply), server=server)
 
-    def _record(self, attempts: Sequence[Attempt], releases: Sequence[Release] = ()) -> None:
+    def _record(
+        self,
+        attempts: Sequence[Attempt],
+        releases: Sequence[Release] = (),
+        renew: Sequence[int] = (),
+    ) -> set[int]:
+        """Write outcomes and hand-backs, and renew the lease of the rows in `renew`, in one
+        transaction; returns the ids in `renew` this worker still holds."""
         now = self.clock()
         with self.database.session() as session:
             outbox.record(session, self.owner, [a.outcome for a in attempts], now)
             self._release(session, releases, now)
+            held = outbox.renew(session, self.owner, renew, now, self.lease)
             for attempt in attempts:
                 if attempt.hard_bounce:
                     outbox.suppress(
@@ -377,6 +516,7 @@ class Worker:
                 log.info("%s", outcome_line(attempt))
             for release in releases:
                 log.info("%s", release_line(release))
+        return held
 
     def _release(self, session: Session, releases: Sequence[Release], now: datetime) -> None:
         """Hand rows back as queued or deferred, due now. A transaction that never began is
