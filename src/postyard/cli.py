@@ -7,24 +7,31 @@ import json
 import logging
 import signal
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from postyard.clock import isoformat
 from postyard.config import ConfigError, Settings
 from postyard.db.engine import Database
 from postyard.db.migrate import upgrade
+from postyard.db.models import ApiKey
 from postyard.routing import Plan
+from postyard.services.keys import Scope
 
 app = typer.Typer(
     help="Postyard: lifecycle email routed to your own SMTP servers.", no_args_is_help=True
 )
 workspace_app = typer.Typer(help="Create workspaces and their API keys.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+key_app = typer.Typer(help="A workspace's API keys: create, list, revoke.", no_args_is_help=True)
+secrets_app = typer.Typer(help="The keys that encrypt stored secrets.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
+app.add_typer(key_app, name="key")
+app.add_typer(secrets_app, name="secrets")
 app.add_typer(db_app, name="db")
 
 console = Console()
@@ -36,8 +43,12 @@ GRACE_HELP = (
 
 
 def _settings() -> Settings:
+    from postyard.secretbox import configured_keys
+
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
+        configured_keys(settings)  # a malformed POSTYARD_SECRET_KEYS fails here, not later
+        return settings
     except ConfigError as error:
         console.print(f"[red]Configuration error:[/red] {error}")
         raise typer.Exit(2) from None
@@ -95,6 +106,7 @@ def worker(
 ) -> None:
     """Run a delivery worker and the background jobs (newsletter sends, broadcast triggers,
     time-window segments); start as many as the load needs. SIGTERM stops it gracefully."""
+    from postyard.delivery import outbox
     from postyard.delivery.worker import Worker
     from postyard.metrics import Metrics
     from postyard.secretbox import secret_box
@@ -125,12 +137,15 @@ def worker(
             metrics.watch_queue(database)
             exporter, _ = start_http_server(metrics_port, metrics_host, metrics.registry)
             log.info("metrics on http://%s:%s/metrics", metrics_host, metrics_port)
+        delivery = Worker(database, settings, box=box, metrics=metrics, grace_seconds=grace)
+        forget = outbox.when_due(database.engine, delivery.wake)
         try:
             await asyncio.gather(
-                Worker(database, settings, box=box, metrics=metrics, grace_seconds=grace).run(stop),
+                delivery.run(stop),
                 Jobs(database, Runtime(settings, box)).run(stop),
             )
         finally:
+            forget()
             if exporter is not None:
                 exporter.shutdown()
             database.dispose()
@@ -163,6 +178,157 @@ def workspace_create(
     console.print(f"Workspace [bold]{name}[/bold] (id {created.workspace_id}, {plan.value} plan)")
     console.print(f"API key: [bold]{created.api_key}[/bold]")
     console.print("Keep the key now: Postyard stores only its hash and cannot show it again.")
+
+
+def _fail(message: str) -> NoReturn:
+    Console(stderr=True).print(f"[red]Error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _key_json(key: ApiKey) -> dict[str, object]:
+    return {
+        "id": key.id,
+        "workspace_id": key.workspace_id,
+        "name": key.name,
+        "scope": key.scope,
+        "created_at": isoformat(key.created_at),
+        "last_used_at": isoformat(key.last_used_at),
+        "revoked_at": isoformat(key.revoked_at),
+    }
+
+
+@key_app.command("create")
+def key_create(
+    workspace_id: Annotated[int, typer.Argument(help="The workspace the key acts for.")],
+    name: Annotated[str, typer.Option(help="A name that says who uses the key.")],
+    scope: Annotated[
+        Scope,
+        typer.Option(help="admin: every endpoint; track: people, events and /v1/batch only."),
+    ] = Scope.ADMIN,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """Create an API key and print it (shown only this once)."""
+    from postyard.db.models import Workspace
+    from postyard.services.keys import create_key
+
+    name = name.strip()
+    if not name or len(name) > 200 or any(c in name for c in "\r\n\x00"):
+        _fail("--name takes 1 to 200 characters on one line.")
+    settings = _settings()
+    upgrade(settings.database_url)
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            if session.get(Workspace, workspace_id) is None:
+                _fail(f"There is no workspace {workspace_id}.")
+            created = create_key(session, workspace_id, name, scope)
+            described = _key_json(created.key)
+    finally:
+        database.dispose()
+    if as_json:
+        typer.echo(json.dumps({**described, "api_key": created.api_key}))
+        return
+    console.print(
+        f"API key [bold]{name}[/bold] (id {described['id']}, scope {scope.value}) "
+        f"for workspace {workspace_id}",
+        highlight=False,
+    )
+    console.print(f"API key: [bold]{created.api_key}[/bold]", highlight=False)
+    console.print("Keep the key now: Postyard stores only its hash and cannot show it again.")
+
+
+@key_app.command("list")
+def key_list(
+    workspace_id: Annotated[int, typer.Argument(help="The workspace whose keys to list.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+) -> None:
+    """List a workspace's keys, revoked ones included (never the keys themselves)."""
+    from postyard.db.models import Workspace
+    from postyard.services.keys import list_keys
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            if session.get(Workspace, workspace_id) is None:
+                _fail(f"There is no workspace {workspace_id}.")
+            rows = [_key_json(key) for key in list_keys(session, workspace_id)]
+    finally:
+        database.dispose()
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table(title=f"API keys of workspace {workspace_id}", title_justify="left")
+    for column in ("Id", "Name", "Scope", "Created", "Last used", "Revoked"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            str(row["id"]),
+            str(row["name"]),
+            str(row["scope"]),
+            str(row["created_at"]),
+            str(row["last_used_at"] or "never"),
+            str(row["revoked_at"] or "-"),
+        )
+    console.print(table)
+
+
+@key_app.command("revoke")
+def key_revoke(
+    key_id: Annotated[int, typer.Argument(help="The key's id (see `postyard key list`).")],
+) -> None:
+    """Revoke an API key: it answers 401 from the next request, and its web sessions end."""
+    from postyard.services.errors import NotFound
+    from postyard.services.keys import revoke_key
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            try:
+                key = revoke_key(session, key_id)
+            except NotFound as error:
+                _fail(error.message)
+            described = _key_json(key)
+    finally:
+        database.dispose()
+    console.print(
+        f"Revoked API key {key_id} ({described['name']}, workspace {described['workspace_id']}) "
+        f"at {described['revoked_at']}.",
+        highlight=False,
+    )
+
+
+@secrets_app.command("rotate")
+def secrets_rotate() -> None:
+    """Re-encrypt every stored secret (SMTP passwords) with the first key of
+    POSTYARD_SECRET_KEYS; older keys may be removed afterwards."""
+    from postyard.secretbox import SecretKeyMismatch, secret_box
+    from postyard.services.secrets import rotate_secrets
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    box = secret_box(settings)
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            try:
+                rotation = rotate_secrets(session, box)
+            except SecretKeyMismatch as error:
+                _fail(str(error))
+    finally:
+        database.dispose()
+    typer.echo(
+        f"Re-encrypted {rotation.reencrypted} stored secrets with the newest key "
+        f"({rotation.were_under_older_keys} were under an older key)."
+    )
+    if box.key_count > 1:
+        typer.echo(
+            "Older keys may now be removed from POSTYARD_SECRET_KEYS; while they stay, "
+            "unsubscribe links and web sessions signed with them keep working."
+        )
 
 
 @db_app.command("upgrade")

@@ -719,3 +719,15 @@ def test_design_routing_examples(api: TestClient, scenario: Scenario) -> None:
         for campaign_type, (number, via) in scenario.routes.items()
     }
     assert unused(api) == {f"smtp-{number}": reason for number, reason in scenario.unused.items()}
+
+
+def test_a_deleted_servers_id_is_never_given_to_a_new_server(api: TestClient) -> None:
+    """Deliveries keep the id of the server that carried them: it must not come to name another."""
+    create(api, "smtp-main")
+    doomed = create(api, "smtp-extra")
+    assert api.delete(f"/v1/smtp_servers/{doomed['id']}").status_code == 204
+
+    newcomer = create(api, "smtp-new")
+
+    assert newcomer["id"] > doomed["id"]
+    assert api.get(f"/v1/smtp_servers/{doomed['id']}").status_code == 404

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from postyard.api import (
     campaigns,
     deliveries,
+    keys,
     metrics,
     people,
     routing,
@@ -20,10 +21,11 @@ from postyard.api import (
     unsubscribe,
 )
 from postyard.api.context import AppContext
-from postyard.api.errors import install_error_handlers
+from postyard.api.errors import ERROR_RESPONSES, install_error_handlers
 from postyard.api.limits import BodySizeLimit
 from postyard.config import Settings
 from postyard.db.engine import Database
+from postyard.delivery import outbox
 from postyard.delivery.worker import DEFAULT_GRACE_SECONDS, Worker
 from postyard.metrics import Metrics
 from postyard.secretbox import secret_box
@@ -39,7 +41,9 @@ def create_app(
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
 ) -> FastAPI:
     """The app; with `run_worker`, a delivery worker and the jobs run beside it, feeding the
-    app's own metrics, and on shutdown in-flight SMTP transactions get `grace_seconds`."""
+    app's own metrics, and on shutdown in-flight SMTP transactions get `grace_seconds`.
+    Mail this process queues (API requests, jobs) wakes the worker at once; mail queued by
+    other processes is found by its poll."""
     database = database or Database(settings.database_url)
     context = AppContext(settings=settings, database=database, box=secret_box(settings))
     app_metrics = Metrics().watch_queue(database, context.clock)
@@ -50,22 +54,18 @@ def create_app(
             yield
             return
         stop = asyncio.Event()
+        worker = Worker(
+            database, settings, box=context.box, metrics=app_metrics, grace_seconds=grace_seconds
+        )
+        forget_wakeup = outbox.when_due(database.engine, worker.wake)
         tasks = [
-            asyncio.create_task(
-                Worker(
-                    database,
-                    settings,
-                    box=context.box,
-                    metrics=app_metrics,
-                    grace_seconds=grace_seconds,
-                ).run(stop),
-                name="delivery-worker",
-            ),
+            asyncio.create_task(worker.run(stop), name="delivery-worker"),
             asyncio.create_task(Jobs(database, context.runtime).run(stop), name="jobs"),
         ]
         try:
             yield
         finally:
+            forget_wakeup()
             stop.set()
             await asyncio.gather(*tasks)
 
@@ -74,6 +74,7 @@ def create_app(
         summary="Lifecycle messaging routed to your own SMTP servers by campaign type.",
         version="0.1.0",
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
     )
     app.state.context = context
     app.state.metrics = app_metrics
@@ -91,6 +92,7 @@ def create_app(
         segments,
         campaigns,
         suppressions,
+        keys,
         unsubscribe,
         metrics,
     ):

@@ -24,7 +24,7 @@ from pydantic import (
     ValidationError,
 )
 
-from postyard.api.context import Context, CurrentCaller
+from postyard.api.context import Context, CurrentCaller, TrackCaller
 from postyard.api.fields import STRICT, EmailAddress, Name, RowId
 from postyard.clock import isoformat
 from postyard.db.models import Person, PersonEvent
@@ -261,7 +261,7 @@ class BatchOut(BaseModel):
 def identify(
     person_id: PersonIdPath,
     attributes: Annotated[Attributes, Body()],
-    caller: CurrentCaller,
+    caller: TrackCaller,
     context: Context,
     response: Response,
 ) -> PersonOut:
@@ -300,7 +300,7 @@ def get_person(person_id: PersonIdPath, caller: CurrentCaller, context: Context)
 
 
 @router.delete("/v1/people/{person_id}", status_code=204)
-def delete_person(person_id: PersonIdPath, caller: CurrentCaller, context: Context) -> Response:
+def delete_person(person_id: PersonIdPath, caller: TrackCaller, context: Context) -> Response:
     """Delete the person, their events and memberships; their waiting mail is cancelled."""
     with context.database.session() as session:
         people.forget(session, context.runtime, caller, people.Forget(person_id))
@@ -309,7 +309,7 @@ def delete_person(person_id: PersonIdPath, caller: CurrentCaller, context: Conte
 
 @router.post("/v1/people/{person_id}/events", status_code=201)
 def track_event(
-    person_id: PersonIdPath, body: EventIn, caller: CurrentCaller, context: Context
+    person_id: PersonIdPath, body: EventIn, caller: TrackCaller, context: Context
 ) -> EventOut:
     operation = people.Track(person_id, body.name, body.data, body.timestamp)
     with context.database.session() as session:
@@ -318,7 +318,7 @@ def track_event(
 
 
 @router.post("/v1/batch", response_model_exclude_none=True)
-def batch(body: BatchIn, caller: CurrentCaller, context: Context) -> BatchOut:
+def batch(body: BatchIn, caller: TrackCaller, context: Context) -> BatchOut:
     """Up to 1,000 identify, event and delete operations, applied in order in one transaction.
 
     Each is answered on its own: a malformed or refused one spares the others.

@@ -30,12 +30,18 @@ NAMING_CONVENTION = {
 }
 
 
+# SQLite would otherwise give a deleted row's id to the next row: a delivery's
+# smtp_server_id, an unsubscribe link or a log line would then name the wrong thing.
+NEVER_REUSE_IDS = {"sqlite_autoincrement": True}
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class Workspace(Base):
     __tablename__ = "workspaces"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -45,11 +51,16 @@ class Workspace(Base):
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    workspace_id: Mapped[int] = mapped_column(
+        ForeignKey("workspaces.id", ondelete="CASCADE"), index=True
+    )
     name: Mapped[str] = mapped_column(String(200))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(10), default="admin", server_default="admin")
+    """`admin` (every endpoint) or `track` (people, events, batch); see services.keys.Scope."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
@@ -57,6 +68,7 @@ class ApiKey(Base):
 
 class SmtpServer(Base):
     __tablename__ = "smtp_servers"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace_id: Mapped[int] = mapped_column(
@@ -91,6 +103,7 @@ class Delivery(Base):
         Index("ix_deliveries_campaign_person", "campaign_id", "person_id"),
         Index("ix_deliveries_campaign_address", "campaign_id", "to_address"),
         Index("ix_deliveries_person", "workspace_id", "person_id"),
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -122,7 +135,10 @@ class Delivery(Base):
 
 class Suppression(Base):
     __tablename__ = "suppressions"
-    __table_args__ = (UniqueConstraint("workspace_id", "email"),)
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "email"),
+        NEVER_REUSE_IDS,
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
@@ -139,8 +155,7 @@ class Person(Base):
         UniqueConstraint("workspace_id", "person_id"),
         Index("ix_people_email", "workspace_id", "email"),
         Index("ix_people_workspace", "workspace_id", "id"),
-        # Never reuse a deleted person's id: unsubscribe links carry it.
-        {"sqlite_autoincrement": True},
+        NEVER_REUSE_IDS,
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -155,7 +170,10 @@ class Person(Base):
 
 class PersonEvent(Base):
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_person_name", "person_pk", "name", "timestamp"),)
+    __table_args__ = (
+        Index("ix_events_person_name", "person_pk", "name", "timestamp"),
+        NEVER_REUSE_IDS,
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
@@ -167,6 +185,7 @@ class PersonEvent(Base):
 
 class Segment(Base):
     __tablename__ = "segments"
+    __table_args__ = NEVER_REUSE_IDS
 
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace_id: Mapped[int] = mapped_column(
@@ -201,7 +220,10 @@ class Campaign(Base):
     """
 
     __tablename__ = "campaigns"
-    __table_args__ = (Index("ix_campaigns_state", "state"),)
+    __table_args__ = (
+        Index("ix_campaigns_state", "state"),
+        NEVER_REUSE_IDS,
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace_id: Mapped[int] = mapped_column(
@@ -227,7 +249,10 @@ class BroadcastTrigger(Base):
     (`lease_until`, `fanout_cursor`: a person id, or a position in the request's list)."""
 
     __tablename__ = "broadcast_triggers"
-    __table_args__ = (Index("ix_broadcast_triggers_state", "state"),)
+    __table_args__ = (
+        Index("ix_broadcast_triggers_state", "state"),
+        NEVER_REUSE_IDS,
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))

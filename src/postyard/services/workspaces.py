@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 from postyard.clock import utcnow
 from postyard.db.models import ApiKey, Workspace
 from postyard.routing import Plan
-from postyard.secretbox import hash_api_key, new_api_key
+from postyard.secretbox import hash_api_key
+from postyard.services.keys import Scope, create_key
 
 # Recording every request's time would make each read a write; a minute is precise enough.
 LAST_USED_PRECISION = timedelta(minutes=1)
@@ -24,6 +25,7 @@ class Caller:
     workspace_id: int
     plan: Plan
     key_id: int
+    scope: Scope = Scope.ADMIN
 
 
 @dataclass(frozen=True)
@@ -36,24 +38,23 @@ def create_workspace(session: Session, name: str, plan: Plan) -> NewWorkspace:
     workspace = Workspace(name=name, plan=plan.value)
     session.add(workspace)
     session.flush()
-    api_key = new_api_key()
-    session.add(ApiKey(workspace_id=workspace.id, name="default", key_hash=hash_api_key(api_key)))
-    return NewWorkspace(workspace.id, api_key)
+    created = create_key(session, workspace.id, "default", Scope.ADMIN)
+    return NewWorkspace(workspace.id, created.api_key)
 
 
 def authenticate(session: Session, api_key: str) -> Caller | None:
     row = session.execute(
-        select(ApiKey.id, ApiKey.last_used_at, Workspace.id, Workspace.plan)
+        select(ApiKey.id, ApiKey.scope, ApiKey.last_used_at, Workspace.id, Workspace.plan)
         .join(Workspace, Workspace.id == ApiKey.workspace_id)
         .where(ApiKey.key_hash == hash_api_key(api_key), ApiKey.revoked_at.is_(None))
     ).one_or_none()
     if row is None:
         return None
-    key_id, last_used_at, workspace_id, plan = row
+    key_id, scope, last_used_at, workspace_id, plan = row
     now = utcnow()
     if last_used_at is None or now - last_used_at > LAST_USED_PRECISION:
         session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
-    return Caller(workspace_id, Plan(plan), key_id)
+    return Caller(workspace_id, Plan(plan), key_id, Scope(scope))
 
 
 def lock_workspace(session: Session, workspace_id: int) -> None:

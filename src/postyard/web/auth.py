@@ -8,6 +8,7 @@ import secrets
 from fastapi import APIRouter, Request, Response
 
 from postyard.api.context import Context
+from postyard.services.keys import Scope
 from postyard.services.workspaces import authenticate
 from postyard.web.common import CheckedForm, PageRoute, Posted, local_path, render, see_other
 from postyard.web.session import (
@@ -85,6 +86,16 @@ def sign_in(request: Request, form: Posted, context: Context) -> Response:
             next_path=next_path,
             status=401,
             error="This API key is not valid or has been revoked.",
+        )
+    if caller.scope is not Scope.ADMIN:
+        return _signin_form(
+            request,
+            next_path=next_path,
+            status=403,
+            error=(
+                "This is a track key: it can only send people and events. "
+                "Sign in with an admin key."
+            ),
         )
     cookie = new_session(caller, context.clock())
     response = see_other(next_path or HOME)

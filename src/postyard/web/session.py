@@ -3,7 +3,8 @@
 The cookie holds no secret: the workspace id, the API key's id, an expiry and a
 random nonce, signed with the instance's secret box. The raw API key is used
 once, at sign-in, and never stored. Every request checks that the key still
-exists and is not revoked, so revoking a key ends its web sessions at once.
+exists, is not revoked and is an admin key, so revoking a key ends its web
+sessions at once.
 
 Each form carries a CSRF token derived from the session's nonce (and, before
 sign-in, from a nonce in a short-lived cookie of its own), checked on POST.
@@ -25,6 +26,7 @@ from postyard.api.context import AppContext, app_context
 from postyard.db.models import ApiKey, Workspace
 from postyard.routing import Plan
 from postyard.secretbox import SecretBox
+from postyard.services.keys import Scope
 from postyard.services.workspaces import Caller
 
 SESSION_COOKIE = "postyard_session"
@@ -146,6 +148,7 @@ def current_session(
                 ApiKey.id == cookie.key_id,
                 Workspace.id == cookie.workspace_id,
                 ApiKey.revoked_at.is_(None),
+                ApiKey.scope == Scope.ADMIN.value,
             )
         ).one_or_none()
     if row is None:

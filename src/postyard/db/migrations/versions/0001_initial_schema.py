@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("plan", sa.String(length=20), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_workspaces")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "api_keys",
@@ -42,6 +43,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
         sa.UniqueConstraint("key_hash", name=op.f("uq_api_keys_key_hash")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "deliveries",
@@ -76,6 +78,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deliveries")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("deliveries", schema=None) as batch_op:
         batch_op.create_index("ix_deliveries_due", ["status", "next_attempt_at"], unique=False)
@@ -104,6 +107,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_smtp_servers")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("smtp_servers", schema=None) as batch_op:
         batch_op.create_index(
@@ -125,6 +129,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_suppressions")),
         sa.UniqueConstraint("workspace_id", "email", name=op.f("uq_suppressions_workspace_id")),
+        sqlite_autoincrement=True,
     )
 
 

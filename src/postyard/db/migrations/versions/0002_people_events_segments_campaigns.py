@@ -41,6 +41,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_campaigns")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("campaigns", schema=None) as batch_op:
         batch_op.create_index(
@@ -88,6 +89,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_segments")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("segments", schema=None) as batch_op:
         batch_op.create_index(
@@ -120,6 +122,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_broadcast_triggers")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("broadcast_triggers", schema=None) as batch_op:
         batch_op.create_index(
@@ -148,6 +151,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_events")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("events", schema=None) as batch_op:
         batch_op.create_index(
