@@ -7,12 +7,15 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
+from sqlalchemy.orm import Session
 
 from postyard.clock import isoformat
 from postyard.config import ConfigError, Settings
@@ -52,6 +55,18 @@ def _settings() -> Settings:
     except ConfigError as error:
         console.print(f"[red]Configuration error:[/red] {error}")
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def _migrated_session(settings: Settings) -> Iterator[Session]:
+    """A session on an up-to-date schema, for commands that do one thing and exit."""
+    upgrade(settings.database_url)
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            yield session
+    finally:
+        database.dispose()
 
 
 def _configure_logging(level: int = logging.INFO) -> None:
@@ -165,13 +180,8 @@ def workspace_create(
     from postyard.services.workspaces import create_workspace
 
     settings = _settings()
-    upgrade(settings.database_url)
-    database = Database(settings.database_url)
-    try:
-        with database.session() as session:
-            created = create_workspace(session, name, plan)
-    finally:
-        database.dispose()
+    with _migrated_session(settings) as session:
+        created = create_workspace(session, name, plan)
     if as_json:
         typer.echo(json.dumps({"workspace_id": created.workspace_id, "api_key": created.api_key}))
         return
@@ -215,16 +225,11 @@ def key_create(
     if not name or len(name) > 200 or any(c in name for c in "\r\n\x00"):
         _fail("--name takes 1 to 200 characters on one line.")
     settings = _settings()
-    upgrade(settings.database_url)
-    database = Database(settings.database_url)
-    try:
-        with database.session() as session:
-            if session.get(Workspace, workspace_id) is None:
-                _fail(f"There is no workspace {workspace_id}.")
-            created = create_key(session, workspace_id, name, scope)
-            described = _key_json(created.key)
-    finally:
-        database.dispose()
+    with _migrated_session(settings) as session:
+        if session.get(Workspace, workspace_id) is None:
+            _fail(f"There is no workspace {workspace_id}.")
+        created = create_key(session, workspace_id, name, scope)
+        described = _key_json(created.key)
     if as_json:
         typer.echo(json.dumps({**described, "api_key": created.api_key}))
         return
@@ -247,15 +252,10 @@ def key_list(
     from postyard.services.keys import list_keys
 
     settings = _settings()
-    upgrade(settings.database_url)
-    database = Database(settings.database_url)
-    try:
-        with database.session() as session:
-            if session.get(Workspace, workspace_id) is None:
-                _fail(f"There is no workspace {workspace_id}.")
-            rows = [_key_json(key) for key in list_keys(session, workspace_id)]
-    finally:
-        database.dispose()
+    with _migrated_session(settings) as session:
+        if session.get(Workspace, workspace_id) is None:
+            _fail(f"There is no workspace {workspace_id}.")
+        rows = [_key_json(key) for key in list_keys(session, workspace_id)]
     if as_json:
         typer.echo(json.dumps(rows))
         return
@@ -283,17 +283,12 @@ def key_revoke(
     from postyard.services.keys import revoke_key
 
     settings = _settings()
-    upgrade(settings.database_url)
-    database = Database(settings.database_url)
-    try:
-        with database.session() as session:
-            try:
-                key = revoke_key(session, key_id)
-            except NotFound as error:
-                _fail(error.message)
-            described = _key_json(key)
-    finally:
-        database.dispose()
+    with _migrated_session(settings) as session:
+        try:
+            key = revoke_key(session, key_id)
+        except NotFound as error:
+            _fail(error.message)
+        described = _key_json(key)
     console.print(
         f"Revoked API key {key_id} ({described['name']}, workspace {described['workspace_id']}) "
         f"at {described['revoked_at']}.",
@@ -309,17 +304,12 @@ def secrets_rotate() -> None:
     from postyard.services.secrets import rotate_secrets
 
     settings = _settings()
-    upgrade(settings.database_url)
     box = secret_box(settings)
-    database = Database(settings.database_url)
-    try:
-        with database.session() as session:
-            try:
-                rotation = rotate_secrets(session, box)
-            except SecretKeyMismatch as error:
-                _fail(str(error))
-    finally:
-        database.dispose()
+    with _migrated_session(settings) as session:
+        try:
+            rotation = rotate_secrets(session, box)
+        except SecretKeyMismatch as error:
+            _fail(str(error))
     typer.echo(
         f"Re-encrypted {rotation.reencrypted} stored secrets with the newest key "
         f"({rotation.were_under_older_keys} were under an older key)."
