@@ -9,6 +9,7 @@ POSTYARD_REQUIRE_ALL=1, as CI sets.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import ssl
@@ -24,6 +25,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import make_url
 
 from postyard.api.app import create_app
+from postyard.clock import Clock, utcnow
 from postyard.config import Settings
 from postyard.db.engine import Database
 from postyard.db.migrate import upgrade
@@ -139,10 +141,17 @@ ApiFactory = Callable[..., TestClient]
 
 
 @pytest.fixture
-def make_api(settings: Settings, database: Database) -> Iterator[ApiFactory]:
+def clock() -> Clock:
+    """The clock the app reads; a test module overrides this fixture to move time itself."""
+    return utcnow
+
+
+@pytest.fixture
+def make_api(settings: Settings, database: Database, clock: Clock) -> Iterator[ApiFactory]:
     """`make_api(plan="premium")`: a new workspace and a client that acts for it."""
     clients: list[TestClient] = []
     app = create_app(settings, database)
+    app.state.context = dataclasses.replace(app.state.context, clock=clock)
 
     def make(plan: str = "premium", name: str = "Acme") -> TestClient:
         with database.session() as session:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,7 +18,6 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from postyard.api.app import create_app
 from postyard.config import Settings
 from postyard.db.engine import Database
 from postyard.db.models import Delivery, Person, PersonEvent, SegmentMember
@@ -29,7 +28,7 @@ from postyard.secretbox import secret_box
 from postyard.services import people
 from postyard.services.people import MAX_ATTRIBUTES
 from postyard.services.runtime import Runtime
-from postyard.services.workspaces import Caller, create_workspace
+from postyard.services.workspaces import Caller
 
 START = datetime(2026, 3, 1, 9, 30)
 PERSON_KEYS = {"id", "email", "unsubscribed", "attributes", "created_at", "updated_at"}
@@ -49,34 +48,6 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
-
-
-Factory = Callable[[], TestClient]
-
-
-@pytest.fixture
-def workspace(settings: Settings, database: Database, clock: FakeClock) -> Iterator[Factory]:
-    """`workspace()`: a client for a new workspace, on an app whose clock the test sets."""
-    app = create_app(settings, database)
-    app.state.context = dataclasses.replace(app.state.context, clock=clock)
-    clients: list[TestClient] = []
-
-    def make() -> TestClient:
-        with database.session() as session:
-            created = create_workspace(session, "Acme", Plan.PREMIUM)
-        client = TestClient(app, headers={"Authorization": f"Bearer {created.api_key}"})
-        client.workspace_id = created.workspace_id  # type: ignore[attr-defined]
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
-def api(workspace: Factory) -> TestClient:
-    return workspace()
 
 
 def put(client: TestClient, person_id: str, status: int = 200, **attributes: Any) -> dict:
@@ -327,9 +298,9 @@ def deliveries(database: Database, ids: list[int]) -> list[tuple[str, str | None
 
 
 def test_delete_removes_the_person_and_cancels_their_waiting_mail(
-    workspace: Factory, database: Database
+    make_api: Callable[..., TestClient], database: Database
 ) -> None:
-    api, other = workspace(), workspace()
+    api, other = make_api(), make_api()
     put(api, "u", 201, email="u@example.com", plan="gold")
     api.post("/v1/people/u/events", json={"name": "signup"}).raise_for_status()
     api.post(
@@ -382,8 +353,10 @@ def test_a_deleted_person_can_come_back_fresh(api: TestClient) -> None:
 # --- other workspaces -------------------------------------------------------------------------
 
 
-def test_another_workspaces_person_is_not_found(workspace: Factory, database: Database) -> None:
-    owner, intruder = workspace(), workspace()
+def test_another_workspaces_person_is_not_found(
+    make_api: Callable[..., TestClient], database: Database
+) -> None:
+    owner, intruder = make_api(), make_api()
     put(owner, "secret", 201, email="secret@example.com", plan="gold")
     before = stored(database, owner)
     for method in ("GET", "DELETE"):

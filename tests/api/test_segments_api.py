@@ -10,7 +10,7 @@ are reported, once, to `triggers.on_segment_entries`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,15 +19,12 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
 
-from postyard.api.app import create_app
 from postyard.config import Settings
 from postyard.db.engine import Database
 from postyard.db.models import Campaign, Person, Segment, SegmentMember
-from postyard.routing import Plan
 from postyard.secretbox import secret_box
 from postyard.services import segments, triggers
 from postyard.services.runtime import Runtime
-from postyard.services.workspaces import create_workspace
 
 START = datetime(2026, 3, 1, 9, 30)
 SEGMENT_KEYS = {
@@ -70,33 +67,6 @@ def entries(monkeypatch: pytest.MonkeyPatch) -> Entries:
 
     monkeypatch.setattr(triggers, "on_segment_entries", record)
     return recorded
-
-
-Factory = Callable[[], TestClient]
-
-
-@pytest.fixture
-def workspace(settings: Settings, database: Database, clock: FakeClock) -> Iterator[Factory]:
-    app = create_app(settings, database)
-    app.state.context = dataclasses.replace(app.state.context, clock=clock)
-    clients: list[TestClient] = []
-
-    def make() -> TestClient:
-        with database.session() as session:
-            created = create_workspace(session, "Acme", Plan.PREMIUM)
-        client = TestClient(app, headers={"Authorization": f"Bearer {created.api_key}"})
-        client.workspace_id = created.workspace_id  # type: ignore[attr-defined]
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
-def api(workspace: Factory) -> TestClient:
-    return workspace()
 
 
 @pytest.fixture
@@ -490,9 +460,9 @@ def test_refresh_leaves_segments_without_a_window_alone(
 
 
 def test_batches_stream_people_and_members_by_keyset(
-    workspace: Factory, database: Database
+    make_api: Callable[..., TestClient], database: Database
 ) -> None:
-    api, other = workspace(), workspace()
+    api, other = make_api(), make_api()
     for index in range(7):
         put(api, f"p{index}", plan="gold" if index % 2 == 0 else "free")
         put(other, f"o{index}", plan="gold")
@@ -520,9 +490,9 @@ def test_batches_stream_people_and_members_by_keyset(
     ],
 )
 def test_another_workspaces_segment_is_not_found(
-    workspace: Factory, method: str, suffix: str, body: Any
+    make_api: Callable[..., TestClient], method: str, suffix: str, body: Any
 ) -> None:
-    owner, intruder = workspace(), workspace()
+    owner, intruder = make_api(), make_api()
     put(owner, "secret", plan="gold", email="secret@example.com")
     put(intruder, "mine", plan="free")
     segment = create(owner, GOLD, name="Owner's segment")
@@ -538,8 +508,8 @@ def test_another_workspaces_segment_is_not_found(
     assert intruder.get("/v1/segments").json()["data"] == []
 
 
-def test_a_segment_holds_only_its_workspaces_people(workspace: Factory) -> None:
-    first, second = workspace(), workspace()
+def test_a_segment_holds_only_its_workspaces_people(make_api: Callable[..., TestClient]) -> None:
+    first, second = make_api(), make_api()
     put(first, "a", plan="gold")
     put(second, "b", plan="gold")
     segment = create(first, GOLD)
