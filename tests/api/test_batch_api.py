@@ -7,10 +7,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from people_helpers import stored
 
 from postyard.db.engine import Database
-from postyard.db.models import Person, PersonEvent, SegmentMember
 from postyard.services import triggers
 from postyard.services.people import MAX_ATTRIBUTES
 
@@ -37,26 +36,6 @@ def delete(person_id: str) -> dict[str, Any]:
 
 def ok(results: list[dict[str, Any]]) -> list[bool]:
     return [r["ok"] for r in results]
-
-
-def stored(database: Database, client: TestClient) -> tuple[list[tuple], list[tuple], int]:
-    workspace_id = client.workspace_id  # type: ignore[attr-defined]
-    with database.session() as session:
-        people = session.execute(
-            select(Person.__table__).where(Person.workspace_id == workspace_id).order_by(Person.id)
-        ).all()
-        events = session.execute(
-            select(PersonEvent.__table__)
-            .where(PersonEvent.workspace_id == workspace_id)
-            .order_by(PersonEvent.id)
-        ).all()
-        members = session.scalar(
-            select(func.count())
-            .select_from(SegmentMember)
-            .join(Person, Person.id == SegmentMember.person_pk)
-            .where(Person.workspace_id == workspace_id)
-        )
-    return [tuple(p) for p in people], [tuple(e) for e in events], members or 0
 
 
 def error(response: httpx.Response, status: int, code: str) -> str:

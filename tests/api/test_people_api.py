@@ -5,22 +5,22 @@ Time comes from a clock the tests set, so stored times can be checked exactly.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select, update
+from people_helpers import START, FakeClock, stored
+from sqlalchemy import select, update
 
 from postyard.config import Settings
 from postyard.db.engine import Database
-from postyard.db.models import Delivery, Person, PersonEvent, SegmentMember
+from postyard.db.models import Delivery
 from postyard.delivery import outbox
 from postyard.delivery.outbox import Letter
 from postyard.routing import Plan
@@ -30,19 +30,7 @@ from postyard.services.people import MAX_ATTRIBUTES
 from postyard.services.runtime import Runtime
 from postyard.services.workspaces import Caller
 
-START = datetime(2026, 3, 1, 9, 30)
 PERSON_KEYS = {"id", "email", "unsubscribed", "attributes", "created_at", "updated_at"}
-
-
-@dataclasses.dataclass
-class FakeClock:
-    now: datetime = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @pytest.fixture
@@ -63,27 +51,6 @@ def error(response: httpx.Response, status: int, code: str) -> str:
     assert body["error"]["code"] == code, body
     assert body["error"]["message"]
     return body["error"]["message"]
-
-
-def stored(database: Database, client: TestClient) -> tuple[list[tuple], list[tuple], int]:
-    """Every person and event of the client's workspace, and its memberships."""
-    workspace_id = client.workspace_id  # type: ignore[attr-defined]
-    with database.session() as session:
-        people = session.execute(
-            select(Person.__table__).where(Person.workspace_id == workspace_id).order_by(Person.id)
-        ).all()
-        events = session.execute(
-            select(PersonEvent.__table__)
-            .where(PersonEvent.workspace_id == workspace_id)
-            .order_by(PersonEvent.id)
-        ).all()
-        members = session.scalar(
-            select(func.count())
-            .select_from(SegmentMember)
-            .join(Person, Person.id == SegmentMember.person_pk)
-            .where(Person.workspace_id == workspace_id)
-        )
-    return [tuple(p) for p in people], [tuple(e) for e in events], members or 0
 
 
 # --- identify ---------------------------------------------------------------------------------

@@ -9,14 +9,13 @@ are reported, once, to `triggers.on_segment_entries`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from people_helpers import FakeClock
 from sqlalchemy import func, select, update
 
 from postyard.config import Settings
@@ -26,7 +25,6 @@ from postyard.secretbox import secret_box
 from postyard.services import segments, triggers
 from postyard.services.runtime import Runtime
 
-START = datetime(2026, 3, 1, 9, 30)
 SEGMENT_KEYS = {
     "id",
     "name",
@@ -36,17 +34,6 @@ SEGMENT_KEYS = {
     "created_at",
     "updated_at",
 }
-
-
-@dataclasses.dataclass
-class FakeClock:
-    now: datetime = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @pytest.fixture

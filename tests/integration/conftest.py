@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -15,11 +13,6 @@ from postyard.db.engine import Database
 from postyard.localsmtp import LocalSMTPServer
 from postyard.routing import Plan
 from postyard.services.workspaces import create_workspace
-
-# The test modules share plain helpers (`integration_helpers`). pytest runs with
-# --import-mode=importlib, which leaves sys.path alone, so make this directory importable.
-if str(Path(__file__).parent) not in sys.path:
-    sys.path.insert(0, str(Path(__file__).parent))
 
 SmtpFactory = Callable[..., LocalSMTPServer]
 ApiWithSettings = Callable[..., TestClient]
