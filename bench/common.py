@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import platform
 import resource
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
@@ -348,3 +349,37 @@ def _wait_answering(serve: Serve, timeout: float) -> None:
             pass
         time.sleep(0.1)
     raise BenchError(f"postyard serve did not answer within {timeout:g} s")
+
+
+def run_main(
+    name: str,
+    records: Callable[[], Iterable[dict[str, Any]]],
+    report: Callable[[dict[str, Any]], None],
+    results: Path,
+    keep: bool,
+) -> int:
+    """What every benchmark's `main` does around its runs.
+
+    The worker logs a line per delivery: at benchmark volumes that would time the
+    logging, not the work, so Postyard's logs are kept to warnings. SIGTERM ends
+    a run like Ctrl-C, with servers and databases cleaned up. Each record is
+    reported, then appended to `results` when `keep`. Exit status: 0 all runs
+    ok, 1 a run found problems, 2 the benchmark could not run, 130 interrupted.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("postyard").setLevel(logging.WARNING)
+    install_sigterm()
+    ok = True
+    try:
+        for record in records():
+            report(record)
+            if keep:
+                append_record(results, record)
+            ok = ok and bool(record["ok"])
+    except BenchError as error:
+        print(f"bench/{name}: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"bench/{name}: interrupted; servers and databases cleaned up", file=sys.stderr)
+        return 130
+    return 0 if ok else 1

@@ -68,13 +68,12 @@ from common import (
     LOCALHOST,
     RESULTS_DIR,
     BenchError,
-    append_record,
     bench_database,
     cpu_seconds,
     free_port,
-    install_sigterm,
     peak_rss_mb,
     provenance,
+    run_main,
     source_digest,
     table,
 )
@@ -801,30 +800,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    # The worker logs one INFO line per delivery: 20,000 lines would flood the terminal and
-    # time the logging instead of the delivery.
-    logging.getLogger("postyard").setLevel(logging.WARNING)
-    install_sigterm()
-    try:
+
+    def checked_run() -> list[dict[str, Any]]:
         check_tools(need_source=not args.no_smtp_source)
-        record = run(args)
-    except BenchError as error:
-        print(f"bench/delivery.py: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench/delivery.py: interrupted; sinks stopped, nothing recorded", file=sys.stderr)
-        return 130
-    print(summary(record))
-    if record["unsent_sample"]:
-        print("  first unsent deliveries:")
-        for row in record["unsent_sample"]:
-            print(f"    #{row['id']} {row['status']} after {row['attempts']}: {row['error']}")
-    if args.profile:
-        print(f"  profile: {args.profile}")
-    if not args.no_record:
-        append_record(args.results, record)
-    return 0 if record["ok"] else 1
+        return [run(args)]
+
+    def report(record: dict[str, Any]) -> None:
+        print(summary(record))
+        if record["unsent_sample"]:
+            print("  first unsent deliveries:")
+            for row in record["unsent_sample"]:
+                print(f"    #{row['id']} {row['status']} after {row['attempts']}: {row['error']}")
+        if args.profile:
+            print(f"  profile: {args.profile}")
+
+    return run_main("delivery.py", checked_run, report, args.results, not args.no_record)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ Exit status: 0 when all N rows were queued, 1 otherwise, 2 when the database is 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import random
 import sys
@@ -48,14 +47,12 @@ from sqlalchemy import func, insert, select
 
 from common import (
     RESULTS_DIR,
-    BenchError,
-    append_record,
     bench_database,
     cpu_seconds,
     current_rss_mb,
-    install_sigterm,
     peak_rss_mb,
     provenance,
+    run_main,
     source_digest,
     table,
 )
@@ -326,21 +323,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("postyard").setLevel(logging.WARNING)
-    install_sigterm()
-    try:
-        record = run(args)
-    except BenchError as error:
-        print(f"bench/fanout.py: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench/fanout.py: interrupted; nothing recorded", file=sys.stderr)
-        return 130
-    print(summary(record))
-    if not args.no_record:
-        append_record(args.results, record)
-    return 0 if record["ok"] else 1
+    return run_main(
+        "fanout.py",
+        lambda: [run(args)],
+        lambda record: print(summary(record)),
+        args.results,
+        not args.no_record,
+    )
 
 
 if __name__ == "__main__":

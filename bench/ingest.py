@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 import tempfile
@@ -49,14 +48,12 @@ import httpx
 
 from common import (
     RESULTS_DIR,
-    BenchError,
     Serve,
-    append_record,
     bench_database,
-    install_sigterm,
     postyard_serve,
     process_cpu_seconds,
     provenance,
+    run_main,
     serve_environment,
     source_digest,
     table,
@@ -268,20 +265,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    install_sigterm()
-    try:
-        record = run(args)
-    except BenchError as error:
-        print(f"bench/ingest.py: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench/ingest.py: interrupted; server stopped, nothing recorded", file=sys.stderr)
-        return 130
-    print(summary(record))
-    if not args.no_record:
-        append_record(args.results, record)
-    return 0 if record["ok"] else 1
+    return run_main(
+        "ingest.py",
+        lambda: [run(args)],
+        lambda record: print(summary(record)),
+        args.results,
+        not args.no_record,
+    )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import re
 import sys
@@ -54,14 +53,13 @@ from common import (
     RESULTS_DIR,
     BenchError,
     Serve,
-    append_record,
     bench_database,
     free_port,
-    install_sigterm,
     percentiles,
     postyard_serve,
     process_cpu_seconds,
     provenance,
+    run_main,
     serve_environment,
     source_digest,
     table,
@@ -313,24 +311,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    install_sigterm()
     digest = source_digest()
-    ok = True
-    try:
-        for poll_seconds in args.poll_seconds:
-            record = run_once(args, poll_seconds, digest)
-            print(summary(record))
-            if not args.no_record:
-                append_record(args.results, record)
-            ok = ok and record["ok"]
-    except BenchError as error:
-        print(f"bench/latency.py: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench/latency.py: interrupted; servers stopped", file=sys.stderr)
-        return 130
-    return 0 if ok else 1
+    return run_main(
+        "latency.py",
+        lambda: (run_once(args, poll, digest) for poll in args.poll_seconds),
+        lambda record: print(summary(record)),
+        args.results,
+        not args.no_record,
+    )
 
 
 if __name__ == "__main__":
