@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -46,6 +48,8 @@ class Workspace(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     plan: Mapped[str] = mapped_column(String(20))
+    failover: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """Whether mail for an unreachable server goes through the primary All Emails server."""
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -66,6 +70,49 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
+class WebSession(Base):
+    """A signed-in browser: the cookie carries a token whose hash is stored here,
+    so signing out (or revoking the key) ends the session even for a copied cookie."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = NEVER_REUSE_IDS
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    api_key_id: Mapped[int] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class AuditEvent(Base):
+    """One configuration change: who (the key's name), what, and the values before and after.
+
+    Secrets never reach `before`/`after`: they are written as `***`.
+    """
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_workspace", "workspace_id", "id"),
+        Index("ix_audit_events_object", "workspace_id", "object_type", "object_id", "id"),
+        NEVER_REUSE_IDS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    workspace_id: Mapped[int] = mapped_column(ForeignKey("workspaces.id", ondelete="CASCADE"))
+    occurred_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(200))
+    api_key_id: Mapped[int | None] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(40))
+    object_type: Mapped[str] = mapped_column(String(40))
+    object_id: Mapped[str | None] = mapped_column(String(200))
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+
 class SmtpServer(Base):
     __tablename__ = "smtp_servers"
     __table_args__ = NEVER_REUSE_IDS
@@ -84,6 +131,13 @@ class SmtpServer(Base):
     role: Mapped[str] = mapped_column(String(40))
     position: Mapped[int] = mapped_column(Integer)
     max_connections: Mapped[int] = mapped_column(Integer, default=4)
+    rate_limit_per_second: Mapped[float | None] = mapped_column(Float)
+    """Messages per second across all workers; None: as fast as the server takes them."""
+    max_messages_per_connection: Mapped[int | None] = mapped_column(Integer)
+    """A connection is closed after this many messages; None: reused without limit."""
+    unreachable_since: Mapped[datetime | None] = mapped_column(DateTime)
+    """Set by a worker that could not reach the server, cleared by the next that could."""
+    unreachable_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
 
@@ -103,6 +157,7 @@ class Delivery(Base):
         Index("ix_deliveries_campaign_person", "campaign_id", "person_id"),
         Index("ix_deliveries_campaign_address", "campaign_id", "to_address"),
         Index("ix_deliveries_person", "workspace_id", "person_id"),
+        Index("ix_deliveries_workspace_sent", "workspace_id", "sent_at"),
         NEVER_REUSE_IDS,
     )
 
@@ -131,6 +186,25 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class DeliveryAttempt(Base):
+    """One SMTP attempt of a delivery, with the server's reply: the history behind its status."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (
+        Index("ix_delivery_attempts_delivery", "delivery_id", "id"),
+        NEVER_REUSE_IDS,
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id", ondelete="CASCADE"))
+    attempted_at: Mapped[datetime] = mapped_column(DateTime)
+    status: Mapped[str] = mapped_column(String(20))
+    smtp_server_id: Mapped[int | None] = mapped_column(Integer)
+    route_via: Mapped[str | None] = mapped_column(String(20))
+    reply_code: Mapped[int | None] = mapped_column(Integer)
+    reply: Mapped[str | None] = mapped_column(Text)
 
 
 class Suppression(Base):
