@@ -10,6 +10,8 @@ from postyard.db.models import Base
 
 
 def run_migrations(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        _without_foreign_keys(connection)
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
@@ -17,6 +19,14 @@ def run_migrations(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def _without_foreign_keys(connection: Connection) -> None:
+    """SQLite alters a table by copying it and dropping the old one: with foreign keys on,
+    that drop would cascade and delete every row that refers to the table (a user's keys,
+    servers and mail). The pragma only takes effect outside a transaction."""
+    connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    connection.commit()
 
 
 connection = context.config.attributes.get("connection")

@@ -1,0 +1,48 @@
+"""Upgrading a database that holds data keeps every row.
+
+On SQLite a migration that alters a table rebuilds it; with foreign keys on,
+dropping the old table would cascade into every table that refers to it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from sqlalchemy import create_engine, text
+
+from postyard.db.migrate import alembic_config
+
+ROWS = {
+    "workspaces": "INSERT INTO workspaces (name, plan, created_at) VALUES ('a', 'premium', :t)",
+    "api_keys": "INSERT INTO api_keys (workspace_id, name, key_hash, scope, created_at) "
+    "VALUES (1, 'default', 'abc', 'admin', :t)",
+    "smtp_servers": "INSERT INTO smtp_servers (workspace_id, name, host, port, security, "
+    "role, position, max_connections, created_at, updated_at) "
+    "VALUES (1, 'main', 'smtp.example.com', 587, 'starttls', 'all_emails', 1, 4, :t, :t)",
+    "people": "INSERT INTO people (workspace_id, person_id, email, attributes, unsubscribed, "
+    "created_at, updated_at) VALUES (1, 'p1', 'p1@example.com', '{}', 0, :t, :t)",
+    "deliveries": "INSERT INTO deliveries (workspace_id, campaign_type, to_address, "
+    "from_address, subject, message_id, status, attempts, next_attempt_at, expires_at, "
+    "created_at, updated_at) VALUES (1, 'newsletter', 'p1@example.com', 'a@example.com', "
+    "'Hi', '<1@example.com>', 'queued', 0, :t, :t, :t, :t)",
+}
+
+
+def test_upgrading_a_populated_sqlite_database_from_0003_keeps_every_row(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0003")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for insert in ROWS.values():
+            connection.execute(text(insert), {"t": "2026-01-01 00:00:00"})
+    command.upgrade(alembic_config(url), "head")
+    with engine.begin() as connection:
+        counts = {
+            table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+            for table in ROWS
+        }
+    engine.dispose()
+    assert counts == dict.fromkeys(ROWS, 1)
