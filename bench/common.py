@@ -16,6 +16,7 @@ import platform
 import resource
 import shutil
 import signal
+import smtplib
 import socket
 import sqlite3
 import subprocess
@@ -23,12 +24,14 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from sqlalchemy import make_url
@@ -39,6 +42,8 @@ REPO_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 LOCALHOST = "127.0.0.1"
 POSTYARD = REPO_DIR / ".venv" / "bin" / "postyard"
+SINK_PATH = "/usr/sbin/smtp-sink"
+SOURCE_PATH = "/usr/sbin/smtp-source"
 
 
 class BenchError(Exception):
@@ -247,6 +252,161 @@ def table(title: str, rows: Sequence[tuple[str, str]]) -> str:
     """A title and two aligned columns, as the summaries print."""
     width = max(len(name) for name, _ in rows)
     return "\n".join([title, *(f"  {name:<{width}}  {value}" for name, value in rows)])
+
+
+# --------------------------------------------------------------------------- smtp references
+
+
+@dataclasses.dataclass
+class Sink:
+    """One running smtp-sink; its `-c` counters are read back from the file it writes."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    counter_file: Path
+
+    def delivered(self) -> int:
+        """Messages received so far ("mesg=" of the last counter line smtp-sink printed).
+
+        smtp-sink rewrites its counters after every "." and QUIT as
+        `sess=N quit=N mesg=N` terminated by CR, flushed each time, so the tail is current.
+        """
+        with self.counter_file.open("rb") as file:
+            file.seek(0, os.SEEK_END)
+            file.seek(max(file.tell() - 256, 0))
+            tail = file.read().decode("ascii", "replace")
+        lines = [line for line in tail.split("\r") if "mesg=" in line]
+        if not lines:
+            return 0
+        fields = dict(part.split("=", 1) for part in lines[-1].split() if "=" in part)
+        return int(fields.get("mesg", "0"))
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers: a sink must never outlive the benchmark."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def start_sink(workdir: Path, index: int, stack: ExitStack) -> Sink:
+    """Start smtp-sink on a free port, retrying if another process takes the port first.
+
+    `-u nobody` is required when running as root (smtp-sink drops privileges after binding);
+    the backlog of 1000 keeps bursts of new connections from being refused.
+    """
+    last_error = ""
+    for attempt in range(5):
+        port = free_port()
+        counter_file = workdir / f"sink{index}-{attempt}.counters"
+        command = [SINK_PATH, "-c", f"{LOCALHOST}:{port}", "1000"]
+        if os.geteuid() == 0:
+            command[1:1] = ["-u", "nobody"]
+        with counter_file.open("wb") as out:
+            process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+            )
+        sink = Sink(process, port, counter_file)
+        stack.callback(sink.stop)
+        if _wait_listening(process, port):
+            return sink
+        sink.stop()
+        assert process.stderr is not None
+        last_error = process.stderr.read().decode(errors="replace").strip()
+    raise BenchError(f"smtp-sink did not start: {last_error or 'not listening after 5 s'}")
+
+
+def _wait_listening(process: subprocess.Popen[bytes], port: int) -> bool:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((LOCALHOST, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+class Letterlike(Protocol):
+    """What the naive loop sends of a message (postyard's `Letter` has these fields)."""
+
+    @property
+    def from_address(self) -> str: ...
+    @property
+    def to_address(self) -> str: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def text_body(self) -> str | None: ...
+
+
+def run_smtp_source(sink: Sink, messages: int, size: int, sessions: int) -> dict[str, Any]:
+    """Postfix's C generator against the same sink: the best this machine and sink allow."""
+    before = sink.delivered()
+    command = [
+        SOURCE_PATH, "-d", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+        f"{LOCALHOST}:{sink.port}",
+    ]  # fmt: skip
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    seconds = time.perf_counter() - started
+    time.sleep(0.05)  # the sink writes its last counter line just after the final QUIT
+    received = sink.delivered() - before
+    return {
+        "command": " ".join(command),
+        "sessions": sessions,
+        "seconds": round(seconds, 4),
+        "msgs_per_s": round(messages / seconds, 1),
+        "exit_status": result.returncode,
+        "received": received,
+        "error": (result.stderr.strip()[-500:] or None) if result.returncode else None,
+    }
+
+
+def run_naive(sink: Sink, letters: Iterable[Letterlike]) -> dict[str, Any]:
+    """The simplest correct Python sender: smtplib, EmailMessage, one connection, in order.
+
+    Headers match what the worker writes (From, To, Subject, Date, Message-ID), so the gap
+    to Postyard comes from how each sends (outbox, routing, recording, concurrency), not
+    from a smaller message.
+    """
+    before = sink.delivered()
+    count = 0
+    started = time.perf_counter()
+    with smtplib.SMTP(LOCALHOST, sink.port, local_hostname="bench.example") as client:
+        for letter in letters:
+            count += 1
+            message = EmailMessage()
+            message["From"] = letter.from_address
+            message["To"] = letter.to_address
+            message["Subject"] = letter.subject
+            message["Date"] = format_datetime(datetime.now(UTC))
+            message["Message-ID"] = make_msgid(domain="acme.example")
+            message.set_content(letter.text_body or "")
+            client.send_message(message)
+    seconds = time.perf_counter() - started
+    time.sleep(0.05)
+    return {
+        "seconds": round(seconds, 4),
+        "messages": count,
+        "msgs_per_s": round(count / seconds, 1),
+        "received": sink.delivered() - before,
+    }
+
+
+def check_tools(need_source: bool) -> None:
+    needed = [SINK_PATH, SOURCE_PATH] if need_source else [SINK_PATH]
+    missing = [path for path in needed if not os.access(path, os.X_OK)]
+    if missing:
+        raise BenchError(
+            f"{' and '.join(missing)} not found: install the Debian package postfix "
+            "(apt-get install postfix), which ships smtp-sink and smtp-source"
+        )
 
 
 # --------------------------------------------------------------------------- postyard serve

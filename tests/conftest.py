@@ -22,6 +22,7 @@ import pytest
 import trustme
 from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
+from smtp_sink import SmtpSink, start_smtp_sink
 from sqlalchemy import make_url
 
 from postyard.api.app import create_app
@@ -31,6 +32,7 @@ from postyard.db.engine import Database
 from postyard.db.migrate import upgrade
 from postyard.db.models import Base
 from postyard.delivery.worker import Worker
+from postyard.localsmtp import free_port
 from postyard.routing import Plan
 from postyard.services.workspaces import create_workspace
 
@@ -213,3 +215,23 @@ def smtp_sink() -> str:
         need("Postfix's smtp-sink is not installed (Debian package postfix)")
     assert path is not None
     return path
+
+
+@pytest.fixture
+def start_sink(smtp_sink: str, tmp_path: Path) -> Iterator[Callable[..., SmtpSink]]:
+    """`start_sink(*smtp_sink_options, port=None)`: smtp-sink with its own fault switches
+    (see tests/integration/smtp_sink.py) on `port` or a free one, recording what it took;
+    stopped after the test. Stop one and start another on its port to replace a faulty
+    server by a healthy one.
+    """
+    started: list[SmtpSink] = []
+
+    def start(*options: str, port: int | None = None) -> SmtpSink:
+        dumps = tmp_path / f"sink-{len(started)}"
+        sink = start_smtp_sink(smtp_sink, dumps, *options, port=port or free_port())
+        started.append(sink)
+        return sink
+
+    yield start
+    for sink in started:
+        sink.stop()

@@ -9,7 +9,7 @@ in plain snapshots of a workspace's servers and get back decisions or a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -73,6 +73,7 @@ class Via(StrEnum):
 
     SPECIFIC = "specific"
     FALLBACK = "fallback"
+    FAILOVER = "failover"
     DEFAULT_RELAY = "default_relay"
 
 
@@ -191,11 +192,16 @@ def primary_fallback(servers: Sequence[Server]) -> Server | None:
 
 @dataclass(frozen=True)
 class Route:
-    """Where one campaign type's messages go: a server, or nowhere yet (R7)."""
+    """Where one campaign type's messages go: a server, or nowhere yet (R7).
+
+    `down` is the server the type would go to were it reachable, when failover routes
+    around it; None otherwise.
+    """
 
     campaign_type: CampaignType
     server: Server | None
     via: Via | None
+    down: Server | None = None
 
     @property
     def explanation(self) -> str:
@@ -203,23 +209,46 @@ class Route:
             return f"specific: '{self.server.name}' is set to {self.campaign_type.label}"
         if self.via == Via.FALLBACK:
             return f"fallback: no server is set to {self.campaign_type.label}"
+        if self.via == Via.FAILOVER and self.down is not None:
+            return (
+                f"failover: '{self.down.name}' is set to {self.campaign_type.label} but cannot "
+                "be reached; the primary All Emails server carries it meanwhile"
+            )
         if self.via == Via.DEFAULT_RELAY:
             return "no custom SMTP server: the instance's default relay carries it"
         return "no custom SMTP server and no default relay: messages wait as deferred (no_route)"
 
 
 def resolve(
-    servers: Sequence[Server], campaign_type: CampaignType, has_default_relay: bool = False
+    servers: Sequence[Server],
+    campaign_type: CampaignType,
+    has_default_relay: bool = False,
+    *,
+    unreachable: Collection[int] = frozenset(),
+    failover: bool = False,
 ) -> Route:
     """R5: the server set to the type's role, else the primary All Emails server.
 
     R7: with no server at all, the instance's default relay if there is one;
     otherwise no route, and the message waits.
+
+    Failover (a workspace setting): when the type's own server is among the
+    `unreachable` ids, the primary All Emails server carries the type instead, so
+    that one server's outage does not hold that kind of mail back. Only a specific
+    server fails over, and only to a primary fallback that is itself reachable:
+    mail already on the fallback has nowhere better to go, and waits as deferred.
     """
     specific = next((s for s in servers if s.role == campaign_type.role), None)
-    if specific is not None:
-        return Route(campaign_type, specific, Via.SPECIFIC)
     fallback = primary_fallback(servers)
+    if specific is not None:
+        if (
+            failover
+            and specific.id in unreachable
+            and fallback is not None
+            and fallback.id not in unreachable
+        ):
+            return Route(campaign_type, fallback, Via.FAILOVER, down=specific)
+        return Route(campaign_type, specific, Via.SPECIFIC)
     if fallback is not None:
         return Route(campaign_type, fallback, Via.FALLBACK)
     return Route(campaign_type, None, Via.DEFAULT_RELAY if has_default_relay else None)
@@ -239,10 +268,24 @@ class RoutingTable:
     idle: list[IdleServer]
 
 
-def routing_table(servers: Sequence[Server], has_default_relay: bool = False) -> RoutingTable:
-    """The effective routing of every campaign type, and the servers left idle."""
-    routes = [resolve(servers, t, has_default_relay) for t in CampaignType]
-    used = {route.server.id for route in routes if route.server is not None}
+def routing_table(
+    servers: Sequence[Server],
+    has_default_relay: bool = False,
+    *,
+    unreachable: Collection[int] = frozenset(),
+    failover: bool = False,
+) -> RoutingTable:
+    """The effective routing of every campaign type, and the servers left idle.
+
+    A server that failover routes around is not idle: it is its type's server, down.
+    """
+    routes = [
+        resolve(servers, t, has_default_relay, unreachable=unreachable, failover=failover)
+        for t in CampaignType
+    ]
+    used = {
+        server.id for route in routes for server in (route.server, route.down) if server is not None
+    }
     primary = primary_fallback(servers)
     idle = [
         IdleServer(server, _idle_reason(server, primary))

@@ -20,6 +20,7 @@ come from whoever filled in a sign-up form.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ from datetime import datetime
 from email.headerregistry import Address
 from email.utils import getaddresses
 from functools import lru_cache, wraps
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from email_validator import EmailNotValidError, validate_email
 from liquid import Environment
@@ -42,6 +43,8 @@ HEADER_FIELDS = frozenset({"from", "reply_to", "subject"})
 ADDRESS_FIELDS = frozenset({"from", "reply_to"})
 FILTERS_FOR_MISSING_VALUES = frozenset({"default"})
 CACHE_SIZE = 512
+# Where Liquid can start: an output, a tag or a comment. Text without any is plain text.
+_MARKUP = re.compile(r"\{[{%#]")
 
 
 class TemplateSyntaxError(ValueError):
@@ -127,11 +130,26 @@ class Rendered:
     html: str | None
 
 
+class Field(Protocol):
+    def render(self, *args: Any, **kwargs: Any) -> str: ...
+
+
+@dataclass(frozen=True)
+class Constant:
+    """A field without Liquid markup: its text is the output for everyone, so a send to
+    many people does not walk a parsed template once per person for it."""
+
+    text: str
+
+    def render(self, *_args: Any, **_kwargs: Any) -> str:
+        return self.text
+
+
 @dataclass(frozen=True)
 class MessageTemplate:
     """A campaign's compiled fields; `render` is safe to call from several threads."""
 
-    templates: Mapping[str, BoundTemplate]
+    templates: Mapping[str, Field]
 
     def render(self, variables: Mapping[str, object]) -> Rendered:
         """Render every field for one person; a RenderError names the field at fault."""
@@ -162,11 +180,13 @@ class MessageTemplate:
 
 def compile_message(message: Mapping[str, str | None]) -> MessageTemplate:
     """Parse every field that is set; raises TemplateSyntaxError for the first that fails."""
-    templates: dict[str, BoundTemplate] = {}
+    templates: dict[str, Field] = {}
     for field in FIELDS:
         source = message.get(field)
-        if source is not None:
-            templates[field] = _compile(field, source)
+        if source is None:
+            continue
+        compiled = _compile(field, source)
+        templates[field] = compiled if _MARKUP.search(source) else Constant(source)
     return MessageTemplate(templates)
 
 

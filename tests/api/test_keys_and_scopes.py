@@ -17,6 +17,7 @@ from postyard.config import Settings
 from postyard.db.engine import Database
 from postyard.db.migrate import alembic_config
 from postyard.routing import Plan
+from postyard.services.audit import Actor
 from postyard.services.keys import Scope, create_key
 from postyard.services.workspaces import create_workspace
 
@@ -245,7 +246,7 @@ def test_over_the_rate_limit_a_key_gets_429_with_retry_after(
     assert 1 <= int(response.headers["Retry-After"]) <= 20
     # Each key has a bucket of its own (made here, without spending the first key's budget).
     with database.session() as session:
-        second = create_key(session, first.workspace_id, "second", Scope.ADMIN)
+        second = create_key(session, Actor.cli(first.workspace_id), "second", Scope.ADMIN)
     assert as_key(one, second.api_key).get("/v1/routing").status_code == 200
 
 

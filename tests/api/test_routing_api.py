@@ -45,7 +45,7 @@ def routing(client: TestClient) -> dict[str, Any]:
     response = client.get("/v1/routing")
     assert response.status_code == 200, response.text
     body = response.json()
-    assert set(body) == {"routes", "unused_servers"}
+    assert set(body) == {"routes", "unused_servers", "servers", "failover"}
     assert [line["campaign_type"] for line in body["routes"]] == CAMPAIGN_TYPES
     for line in body["routes"]:
         assert set(line) == ROUTE_KEYS

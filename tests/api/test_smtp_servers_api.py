@@ -127,6 +127,8 @@ def test_create_fills_in_the_documented_defaults(api: TestClient) -> None:
         "role": "all_emails",
         "position": 1,
         "max_connections": 4,
+        "rate_limit_per_second": None,
+        "max_messages_per_connection": None,
     }
 
 

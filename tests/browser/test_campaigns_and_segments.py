@@ -97,7 +97,7 @@ def test_a_newsletter_to_a_segment_is_sent_and_counted_by_server(
     page.get_by_role("link", name="Send…").click()
     expect(page.locator("#send-size")).to_have_text("2 people, 2 with an email address")
     expect(page.locator("#send-server")).to_have_text("smtp-news (specific)")
-    page.get_by_role("button", name="Send to 2 addresses now").click()
+    page.get_by_role("button", name="Send to 2 addresses").click()
     expect(page).to_have_url(re.compile(r"/campaigns/\d+\?notice=sending$"))
 
     # The jobs queue it, the worker sends it; the page reloads itself until it is done.
@@ -169,6 +169,9 @@ def test_the_new_pages_label_their_controls_and_fit_the_width(
         "/segments",
         "/segments/new",
         segment,
+        f"{segment}/edit",
+        f"{segment}/delete",
+        f"{campaign}/delete",
         "/people",
         f"/people/{run}-0",
     ):
@@ -183,3 +186,34 @@ def test_the_new_pages_label_their_controls_and_fit_the_width(
             ".filter(el => el.scrollWidth > el.clientWidth).map(el => el.className)"
         )
         assert spilling == [], f"{path}: content wider than its panel"
+
+
+def test_the_segment_editor_counts_members_as_the_conditions_change(
+    signed_in: Any,
+    workspace: Workspace,
+    ui_settings: Settings,
+    ui_database: Database,
+) -> None:
+    page = signed_in
+    run = uuid.uuid4().hex[:8]
+    add_people(ui_settings, ui_database, workspace, run)
+    page.goto("/segments/new")
+    count = page.locator("#member-count")
+    expect(count).to_have_text("See how many people match before saving.")
+    page.get_by_label("Attribute 1").fill("plan")
+    page.get_by_label("Comparison 1").select_option("eq")
+    page.get_by_label("Value 1").fill("pro")
+    expect(count).to_have_text("2 people match these conditions now.")  # no button pressed
+    page.get_by_label("Value 1").fill("free")
+    expect(count).to_have_text("1 person matches these conditions now.")
+    page.get_by_label("Conditions as JSON").fill('{"nope": 1}')
+    expect(count).to_contain_text('Cannot count yet: $: unknown condition "nope"')
+    page.get_by_label("Conditions as JSON").fill("")
+    expect(count).to_have_text("1 person matches these conditions now.")
+    # The button works as a plain form post too: the page comes back with the values kept.
+    page.get_by_role("button", name="Count members").click()
+    expect(page.locator("#member-count strong")).to_have_text("1")
+    expect(page.get_by_label("Value 1")).to_have_value("free")
+    page.get_by_label("Name").fill("Free plan")
+    page.get_by_role("button", name="Create segment").click()
+    expect(page.get_by_role("status")).to_contain_text("1 person is in it")

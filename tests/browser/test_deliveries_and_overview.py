@@ -18,7 +18,7 @@ from postyard.clock import utcnow
 from postyard.db.engine import Database
 from postyard.db.models import Delivery
 from postyard.delivery.policy import Status
-from postyard.localsmtp import LocalSMTPServer
+from postyard.localsmtp import LocalSMTPServer, free_port
 from postyard.routing import Plan, Role, Via
 from postyard.secretbox import SecretBox
 from postyard.services import smtp_servers
@@ -205,3 +205,56 @@ def delivery_row(
     }
     values.update(fields)
     return Delivery(**values)
+
+
+def test_a_delivery_page_lists_each_attempt_with_its_server_and_reply(
+    signed_in: Any,
+    workspace: Workspace,
+    ui_database: Database,
+    smtp: dict[str, LocalSMTPServer],
+) -> None:
+    """A server that cannot be reached defers the message; once it points at a real server,
+    the next attempt sends it, and the page lists both attempts."""
+    page = signed_in
+    caller = Caller(workspace.id, Plan.PREMIUM, 0)
+    box = SecretBox(SECRET_KEY)
+    with ui_database.session() as session:
+        fields = ServerFields(
+            name="smtp-main", host="127.0.0.1", port=free_port(), security=Security.NONE
+        )
+        server = smtp_servers.create_server(session, caller, fields, box)
+        session.flush()
+        server_id = server.id
+    run = uuid.uuid4().hex[:8]
+    page.goto(f"/smtp/{server_id}")
+    page.get_by_label("Campaign type").select_option("newsletter")
+    page.get_by_label("To", exact=True).fill(f"reader-{run}@example.com")
+    page.get_by_label("From", exact=True).fill("Acme <news@acme.example>")
+    page.get_by_label("Subject").fill(f"{run} attempts")
+    page.get_by_role("button", name="Send test email").click()
+    expect(page).to_have_url(re.compile(r"/deliveries/\d+\?notice=queued$"))
+    delivery = page.url.split("?")[0]
+    assert wait_until_done(page) == "deferred"
+
+    with ui_database.session() as session:
+        smtp_servers.update_server(
+            session, caller, server_id, {"port": smtp["smtp-main"].port}, box
+        )
+    deadline = time.monotonic() + 15
+    while wait_until_done(page) != "sent" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        page.goto(delivery)
+    rows = page.locator("#attempts tbody tr")
+    expect(rows.last).to_contain_text("sent")
+    expect(rows.last).to_contain_text("250")
+    expect(rows.last.get_by_role("link", name="smtp-main")).to_have_attribute(
+        "href", f"/smtp/{server_id}"
+    )
+    expect(rows.first).to_contain_text("deferred")
+    expect(rows.first).to_contain_text("fallback")
+    assert rows.count() >= 2
+    page.set_viewport_size({"width": 390, "height": 900})
+    overflow = page.evaluate(
+        "() => document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, f"the delivery page is {overflow}px wider than 390px"

@@ -64,7 +64,14 @@ def test_sign_in_sets_a_safe_cookie_and_sign_out_ends_the_session(
     assert cookie["sameSite"] == "Lax"
     assert cookie["secure"] is False  # served over plain HTTP here; Secure over HTTPS
     assert workspace.api_key not in cookie["value"]
-    assert cookie["value"].startswith(f"v1.{workspace.id}.")
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", cookie["value"])  # a random token, nothing else
+
+    # A copy of the cookie (another browser, a stolen one) works until the session ends...
+    copy = context.browser.new_context(base_url=page.url.split("/smtp")[0])
+    copy.add_cookies([{**cookie}])
+    elsewhere = copy.new_page()
+    elsewhere.goto("/smtp")
+    expect(elsewhere).to_have_url(re.compile(r"/smtp$"))
 
     page.get_by_role("button", name="Sign out").click()
     expect(page).to_have_url(re.compile(r"/login\?signed_out=1$"))
@@ -72,6 +79,10 @@ def test_sign_in_sets_a_safe_cookie_and_sign_out_ends_the_session(
     assert not [c for c in context.cookies() if c["name"] == "postyard_session"]
     page.goto("/deliveries")
     expect(page).to_have_url(re.compile(r"/login\?next=%2Fdeliveries$"))
+    # ...and is refused as soon as this browser signs out.
+    elsewhere.goto("/smtp")
+    expect(elsewhere).to_have_url(re.compile(r"/login\?next=%2Fsmtp&expired=1$"))
+    copy.close()
 
 
 def test_revoking_the_api_key_ends_its_web_sessions(

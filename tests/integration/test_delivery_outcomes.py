@@ -203,12 +203,13 @@ def test_policy_rejection_fails_the_message_without_suppressing_the_address(
 def test_message_deferred_past_its_lifetime_fails_with_lifetime_exceeded(
     make_api_with: ApiWithSettings, deliver: Deliver, start_smtp: StartSmtp
 ) -> None:
-    api = make_api_with(message_lifetime_seconds=0.3)
+    # Long enough for a second attempt (retries come every 0.05 to 0.2 s) on a busy machine.
+    api = make_api_with(message_lifetime_seconds=1.5)
     smtp = start_smtp("smtp-main", faults=FaultScript.always("451 4.3.0 Try again later"))
     add_local(api, smtp)
     delivery_id = queue(api, "newsletter")["id"]
 
-    deliver(message_lifetime_seconds=0.3)
+    deliver(message_lifetime_seconds=1.5)
 
     record = delivery(api, delivery_id)
     assert record["status"] == "failed", record
@@ -279,7 +280,7 @@ def test_lease_of_a_dead_worker_expires_and_another_worker_delivers_the_message(
     smtp = start_smtp("smtp-main")
     add_local(api, smtp)
     delivery_id = queue(api, "segment_triggered")["id"]
-    lease = 1.0
+    lease = 3.0
     with database.session() as session:
         claimed = outbox.claim(session, "dead-worker", 10, utcnow(), timedelta(seconds=lease))
     claimed_at = time.monotonic()

@@ -577,3 +577,50 @@ def test_without_servers_or_default_relay_there_is_no_route(campaign_type: Campa
     route = resolve([], campaign_type, has_default_relay=False)
     assert route == Route(campaign_type, None, None)
     assert "no_route" in route.explanation
+
+
+# --- Failover: a specific server that cannot be reached --------------------------------------
+
+FAILOVER_SERVERS = [srv(1, Role.ALL_EMAILS, "main"), srv(2, Role.NEWSLETTERS, "news")]
+
+
+def test_with_failover_an_unreachable_specific_server_hands_its_type_to_the_primary() -> None:
+    route = resolve(FAILOVER_SERVERS, NEWS, unreachable={2}, failover=True)
+    assert (route.server, route.via, route.down) == (
+        FAILOVER_SERVERS[0],
+        Via.FAILOVER,
+        FAILOVER_SERVERS[1],
+    )
+    assert "failover: 'news'" in route.explanation and "cannot be reached" in route.explanation
+
+
+def test_without_failover_an_unreachable_specific_server_keeps_its_type() -> None:
+    route = resolve(FAILOVER_SERVERS, NEWS, unreachable={2}, failover=False)
+    assert (route.server, route.via, route.down) == (FAILOVER_SERVERS[1], Via.SPECIFIC, None)
+
+
+def test_a_reachable_specific_server_keeps_its_type_with_failover_on() -> None:
+    route = resolve(FAILOVER_SERVERS, NEWS, unreachable={1}, failover=True)
+    assert (route.server, route.via) == (FAILOVER_SERVERS[1], Via.SPECIFIC)
+
+
+def test_no_failover_when_the_primary_fallback_is_unreachable_too() -> None:
+    route = resolve(FAILOVER_SERVERS, NEWS, unreachable={1, 2}, failover=True)
+    assert (route.server, route.via) == (FAILOVER_SERVERS[1], Via.SPECIFIC)
+
+
+def test_types_already_on_the_primary_fallback_do_not_fail_over_elsewhere() -> None:
+    servers = [*FAILOVER_SERVERS, srv(3, Role.ALL_EMAILS, "spare")]
+    route = resolve(servers, SEG, unreachable={1}, failover=True)
+    assert (route.server, route.via) == (servers[0], Via.FALLBACK)
+
+
+def test_the_routing_table_shows_the_failover_and_does_not_call_the_down_server_idle() -> None:
+    table = routing_table(FAILOVER_SERVERS, unreachable={2}, failover=True)
+    news = next(route for route in table.routes if route.campaign_type is NEWS)
+    assert (news.server, news.via, news.down) == (
+        FAILOVER_SERVERS[0],
+        Via.FAILOVER,
+        FAILOVER_SERVERS[1],
+    )
+    assert table.idle == []

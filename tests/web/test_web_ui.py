@@ -9,21 +9,20 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
-from tests.conftest import SECRET_KEY
+from sqlalchemy import func, select, update
 from tests.web.conftest import CSRF, Browserless, WebFactory
 
 from postyard.clock import utcnow
 from postyard.db.engine import Database
-from postyard.db.models import Delivery, SmtpServer
+from postyard.db.models import Delivery, SmtpServer, WebSession
 from postyard.delivery.outbox import Letter, enqueue
 from postyard.delivery.policy import Status
 from postyard.routing import Plan
-from postyard.secretbox import SecretBox
 from postyard.services import overview
 from postyard.services.deliveries import DeliveryFilter, list_deliveries
+from postyard.services.keys import revoke_key
 from postyard.services.workspaces import Caller
-from postyard.web.session import SESSION_COOKIE, SessionCookie, unix
+from postyard.web.session import SESSION_COOKIE, token_hash
 
 SERVER = {
     "name": "smtp-main",
@@ -93,21 +92,17 @@ def test_a_forged_tampered_or_expired_cookie_is_no_session(
     make_web: WebFactory, database: Database
 ) -> None:
     web = make_web()
-    other = make_web()
-    box = SecretBox(SECRET_KEY)
     good = web.cookies[SESSION_COOKIE]
-    parsed = SessionCookie.decode(box, good, utcnow())
-    assert parsed is not None and parsed.workspace_id == web.workspace_id
-
-    body, _, signature = good.rpartition(".")
-    version, _, key, expires, nonce = body.split(".")
+    with database.session() as session:
+        row = session.scalars(select(WebSession).where(WebSession.token_hash == token_hash(good)))
+        stored = row.one()
+        # Only the hash is kept: what the database holds is useless as a cookie.
+        assert stored.workspace_id == web.workspace_id and good not in stored.token_hash
     forged = [
-        f"{version}.{other.workspace_id}.{key}.{expires}.{nonce}.{signature}",  # another workspace
-        f"{body}.{'A' * len(signature)}",  # a made-up signature
-        "v1.1.1.99999999999.nonce",  # no signature at all
-        SessionCookie(web.workspace_id, parsed.key_id, unix(utcnow()) - 1, nonce).encode(box),
-        # Signed right, but naming the other workspace's key: the key must be this workspace's.
-        SessionCookie(web.workspace_id, parsed.key_id + 1, parsed.expires, nonce).encode(box),
+        good[:-1] + ("A" if good[-1] != "A" else "B"),  # one character changed
+        stored.token_hash,  # the stored hash, read from the database
+        "v1.1.1.99999999999.nonce.signature",  # the old signed format
+        "",
     ]
     for value in forged:
         web.cookies.clear()
@@ -115,6 +110,47 @@ def test_a_forged_tampered_or_expired_cookie_is_no_session(
         response = web.get("/smtp", follow_redirects=False)
         assert response.status_code == 303, value
         assert response.headers["location"].startswith("/login")
+
+    with database.session() as session:
+        session.execute(
+            update(WebSession)
+            .where(WebSession.token_hash == token_hash(good))
+            .values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    web.cookies.clear()
+    web.cookies.set(SESSION_COOKIE, good)
+    assert web.get("/smtp", follow_redirects=False).status_code == 303
+
+
+def test_signing_out_ends_the_session_for_a_copied_cookie_too(
+    make_web: WebFactory, database: Database
+) -> None:
+    web = make_web()
+    copied = make_web(signed_in=False)
+    copied.cookies.set(SESSION_COOKIE, web.cookies[SESSION_COOKIE])
+    assert copied.get("/smtp", follow_redirects=False).status_code == 200
+
+    response = web.submit("/logout")
+    assert response.headers["location"] == "/login?signed_out=1"
+    response = copied.get("/smtp", follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"].startswith("/login")
+    with database.session() as session:
+        ended = session.scalars(
+            select(WebSession.ended_at).where(WebSession.workspace_id == web.workspace_id)
+        ).all()
+    assert ended and all(moment is not None for moment in ended)
+
+
+def test_revoking_the_key_ends_its_web_sessions(make_web: WebFactory, database: Database) -> None:
+    web = make_web()
+    assert web.get("/smtp", follow_redirects=False).status_code == 200
+    with database.session() as session:
+        key_id = session.scalars(
+            select(WebSession.api_key_id).where(WebSession.workspace_id == web.workspace_id)
+        ).one()
+        revoke_key(session, key_id)
+    response = web.get("/smtp", follow_redirects=False)
+    assert response.status_code == 303 and "expired=1" in response.headers["location"]
 
 
 def test_every_post_needs_the_sessions_csrf_token(make_web: WebFactory, database: Database) -> None:
@@ -343,7 +379,9 @@ def test_overview_counts_per_server_and_hour_the_queue_and_the_troubled_servers(
     )
 
     with database.session() as session:
-        counts = overview.sent_per_hour(session, caller, hour - timedelta(hours=23))
+        counts = overview.sent_per_hour(
+            session, caller, hour - timedelta(hours=23), hour + timedelta(hours=1)
+        )
         queue_now = overview.queue(session, caller)
         troubles = overview.troubled_servers(session, caller, now - timedelta(hours=1))
     by_key = {(c.smtp_server_id, c.hour): c.count for c in counts}

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from postyard.api import (
+    audit,
     campaigns,
     deliveries,
     keys,
@@ -19,6 +20,7 @@ from postyard.api import (
     smtp_servers,
     suppressions,
     unsubscribe,
+    workspace,
 )
 from postyard.api.context import AppContext
 from postyard.api.errors import ERROR_RESPONSES, install_error_handlers
@@ -95,6 +97,8 @@ def create_app(
         keys,
         unsubscribe,
         metrics,
+        workspace,
+        audit,
     ):
         app.include_router(module.router)
     install_ui(app)

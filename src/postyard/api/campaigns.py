@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Response
 from fastapi.responses import JSONResponse
 from pydantic import (
     AfterValidator,
@@ -19,7 +18,17 @@ from pydantic import (
 
 from postyard.api.context import Context, CurrentCaller
 from postyard.api.errors import error_response
-from postyard.api.fields import STRICT, EmailAddress, HeaderLine, Mailbox, Name, Patch, RowId, Text
+from postyard.api.fields import (
+    STRICT,
+    EmailAddress,
+    HeaderLine,
+    Mailbox,
+    Name,
+    Patch,
+    RowId,
+    Text,
+    UtcDateTime,
+)
 from postyard.api.people import PersonId, check_json
 from postyard.api.segments import ConditionTree
 from postyard.clock import isoformat
@@ -181,20 +190,10 @@ class CampaignPatch(Patch):
         return changes
 
 
-def _utc(moment: datetime) -> datetime:
-    """Stored as naive UTC; a time without a zone is taken to be UTC."""
-    if moment.tzinfo is None:
-        return moment
-    try:
-        return moment.astimezone(UTC).replace(tzinfo=None)
-    except OverflowError:
-        raise ValueError("is out of range once converted to UTC") from None
-
-
 class SendBody(BaseModel):
     model_config = STRICT
 
-    send_at: Annotated[datetime, AfterValidator(_utc)] | None = None
+    send_at: UtcDateTime | None = None
 
 
 class PerUserData(BaseModel):
@@ -384,6 +383,15 @@ def update_campaign(
             session, context.runtime, caller, campaign_id, body.changes()
         )
         return CampaignOut.of(campaign, campaigns.counts(session, campaign))
+
+
+@router.delete("/{campaign_id}", status_code=204)
+def delete_campaign(campaign_id: RowId, caller: CurrentCaller, context: Context) -> Response:
+    """Delete a campaign; its deliveries stay as history, its waiting messages are cancelled.
+    409 `campaign_sending` while a newsletter's send or a broadcast's trigger is queueing."""
+    with context.database.session() as session:
+        campaigns.delete_campaign(session, context.runtime, caller, campaign_id)
+    return Response(status_code=204)
 
 
 @router.post("/{campaign_id}/send", status_code=202, response_model_by_alias=True)

@@ -90,6 +90,20 @@ def track_caller(request: Request, context: Annotated[AppContext, Depends(app_co
     return _authorised(request, context, _TRACK)
 
 
+def check_caller_first(request: Request) -> None:
+    """Authenticate and check the scope as the matched endpoint's own dependency would.
+
+    FastAPI decodes a JSON body before any dependency runs, so broken JSON would be answered
+    ahead of a missing or wrong key. The answer about such a body calls this first: a caller
+    without a valid key hears 401 whatever it sent (a `track` key on an admin endpoint, 403),
+    never how its body would have been taken.
+    """
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    for dependency in dependant.dependencies if dependant is not None else ():
+        if dependency.call in {current_caller, track_caller}:
+            dependency.call(request, app_context(request))
+
+
 Context = Annotated[AppContext, Depends(app_context)]
 CurrentCaller = Annotated[Caller, Depends(current_caller)]
 TrackCaller = Annotated[Caller, Depends(track_caller)]

@@ -7,14 +7,17 @@ goes to the log, which never holds secrets, and nothing of it to the client.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from postyard.api.context import check_caller_first
 from postyard.routing import PlanLimit, RuleViolation
 from postyard.services.errors import ServiceError
 
@@ -51,6 +54,18 @@ def error_response(status: int, code: str, message: str, **headers: str) -> JSON
     )
 
 
+def answer_browsers_with(app: FastAPI, not_found_page: Callable[[Request], Response]) -> None:
+    """Answer a browser's unknown path outside `/v1` with `not_found_page` (the admin UI's)
+    rather than JSON; the API keeps its JSON 404 whatever the client accepts."""
+    app.state.not_found_page = not_found_page
+
+
+def _wants_page(request: Request) -> bool:
+    path = request.url.path
+    api = path == "/v1" or path.startswith("/v1/")
+    return not api and "text/html" in request.headers.get("accept", "")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def service_error(_: Request, error: ServiceError) -> JSONResponse:
@@ -62,20 +77,25 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(status, error.code, error.message)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = error.errors()
+        if any(problem["type"] == "json_invalid" for problem in problems):
+            return await _caller_refusal(request) or _malformed_json()
         if any(_is_unparsed_body(problem) for problem in problems):
-            return error_response(
-                400,
-                "malformed_json",
-                "The request body is not valid JSON (Content-Type: application/json).",
-            )
+            return _malformed_json()
         return error_response(
             422, "invalid_request", "; ".join(_describe(problem) for problem in problems)
         )
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        page = getattr(request.app.state, "not_found_page", None)
+        if error.status_code == 404 and page is not None and _wants_page(request):
+            return page(request)
+        if error.status_code == 400:  # an undecodable body: found before any dependency ran
+            refusal = await _caller_refusal(request)
+            if refusal is not None:
+                return refusal
         code = HTTP_CODES.get(error.status_code, "http_error")
         message = str(error.detail)
         if error.status_code in {404, 405} and message in {"Not Found", "Method Not Allowed"}:
@@ -86,6 +106,23 @@ def install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, error: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+async def _caller_refusal(request: Request) -> JSONResponse | None:
+    """The 401, 403 or 429 the endpoint would answer before reading its body, if any."""
+    try:
+        await run_in_threadpool(check_caller_first, request)
+    except ServiceError as refused:
+        return error_response(refused.status, refused.code, refused.message, **refused.headers)
+    return None
+
+
+def _malformed_json() -> JSONResponse:
+    return error_response(
+        400,
+        "malformed_json",
+        "The request body is not valid JSON (Content-Type: application/json).",
+    )
 
 
 def _is_unparsed_body(problem: dict[str, Any]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.utils import getaddresses
 from typing import Annotated, ClassVar, Self
@@ -14,6 +15,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictFloat,
     StrictInt,
     StringConstraints,
     model_validator,
@@ -59,6 +61,16 @@ def _mailbox(value: str) -> str:
     return str(Address(display_name=name, addr_spec=normalized)) if name else normalized
 
 
+def _utc(moment: datetime) -> datetime:
+    """Stored as naive UTC; a time without a zone is taken to be UTC."""
+    if moment.tzinfo is None:
+        return moment
+    try:
+        return moment.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        raise ValueError("is out of range once converted to UTC") from None
+
+
 def _host(value: str) -> str:
     try:
         return str(ipaddress.ip_address(value))
@@ -84,9 +96,13 @@ Mailbox = Annotated[
     str, StringConstraints(max_length=998), AfterValidator(_no_nul), AfterValidator(_mailbox)
 ]
 Host = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_host)]
+UtcDateTime = Annotated[datetime, AfterValidator(_utc)]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 Position = Annotated[StrictInt, Field(ge=1)]
 MaxConnections = Annotated[StrictInt, Field(ge=1, le=100)]
+# A server's limits across all workers; None (null) means no limit.
+RateLimit = Annotated[StrictFloat, Field(gt=0, le=10_000, allow_inf_nan=False)]
+MessagesPerConnection = Annotated[StrictInt, Field(ge=1, le=1_000_000)]
 # Ids in paths and filters: the id columns are 32-bit INTEGER on PostgreSQL, and a number
 # outside that range must be refused as input, not reach the driver (which raises: a 500).
 RowId = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]

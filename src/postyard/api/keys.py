@@ -61,7 +61,7 @@ class KeyRevoked(KeyOut):
 def create_key(body: KeyCreate, caller: CurrentCaller, context: Context) -> KeyCreated:
     """A new key; keep `key` now, it cannot be shown again."""
     with context.database.session() as session:
-        created = keys.create_key(session, caller.workspace_id, body.name, body.scope)
+        created = keys.create_key(session, caller.actor, body.name, body.scope)
         session.refresh(created.key)
         return KeyCreated(**KeyOut.of(created.key).model_dump(), key=created.api_key)
 
@@ -80,7 +80,7 @@ def revoke_key(key_id: RowId, caller: CurrentCaller, context: Context) -> KeyRev
     Revoking the key this request is made with is allowed, and the answer says so.
     """
     with context.database.session() as session:
-        key = keys.revoke_key(session, key_id, caller.workspace_id)
+        key = keys.revoke_key(session, key_id, caller.actor)
         own = key.id == caller.key_id
         message = (
             "Revoked the key this request was made with: it no longer works."

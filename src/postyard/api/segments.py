@@ -45,6 +45,16 @@ class SegmentPatch(Patch):
     conditions: ConditionTree = None
 
 
+class SegmentPreview(BaseModel):
+    model_config = STRICT
+
+    conditions: ConditionTree
+
+
+class MemberCount(BaseModel):
+    member_count: int
+
+
 class SegmentOut(BaseModel):
     id: int
     name: str
@@ -90,6 +100,16 @@ def create_segment(body: SegmentCreate, caller: CurrentCaller, context: Context)
             session, context.runtime, caller, body.name, body.conditions
         )
         return _out(session, segment)
+
+
+@router.post("/preview")
+def preview_segment(body: SegmentPreview, caller: CurrentCaller, context: Context) -> MemberCount:
+    """How many people the conditions hold for now, without storing anything: the member
+    count a segment created with them would start with. 422 `invalid_conditions` as for
+    create."""
+    with context.database.session() as session:
+        count = segments.count_matching(session, caller, body.conditions, context.clock())
+    return MemberCount(member_count=count)
 
 
 @router.get("")

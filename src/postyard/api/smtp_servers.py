@@ -9,10 +9,21 @@ from pydantic import BaseModel, SecretStr
 from starlette.concurrency import run_in_threadpool
 
 from postyard.api.context import Context, CurrentCaller
-from postyard.api.fields import STRICT, Host, MaxConnections, Name, Patch, Port, Position, RowId
+from postyard.api.fields import (
+    STRICT,
+    Host,
+    MaxConnections,
+    MessagesPerConnection,
+    Name,
+    Patch,
+    Port,
+    Position,
+    RateLimit,
+    RowId,
+)
 from postyard.clock import isoformat
 from postyard.db.models import SmtpServer
-from postyard.delivery.endpoints import Endpoint, endpoint_for
+from postyard.delivery.endpoints import Endpoint, endpoint_for, host_guard
 from postyard.delivery.probe import Step, probe
 from postyard.routing import Role
 from postyard.services import smtp_servers
@@ -34,12 +45,22 @@ class ServerCreate(BaseModel):
     role: Role | None = None
     position: Position | None = None
     max_connections: MaxConnections = 4
+    rate_limit_per_second: RateLimit | None = None
+    max_messages_per_connection: MessagesPerConnection | None = None
 
 
 class ServerPatch(Patch):
     """Only the fields sent change; `password: null` removes the stored password."""
 
-    NULLABLE = frozenset(["ca_bundle", "password", "username"])
+    NULLABLE = frozenset(
+        [
+            "ca_bundle",
+            "password",
+            "username",
+            "rate_limit_per_second",
+            "max_messages_per_connection",
+        ]
+    )
 
     name: Name | None = None
     host: Host | None = None
@@ -51,6 +72,8 @@ class ServerPatch(Patch):
     role: Role | None = None
     position: Position | None = None
     max_connections: MaxConnections | None = None
+    rate_limit_per_second: RateLimit | None = None
+    max_messages_per_connection: MessagesPerConnection | None = None
 
     def changes(self) -> dict[str, Any]:
         changes = {name: getattr(self, name) for name in self.model_fields_set}
@@ -71,6 +94,8 @@ class ServerOut(BaseModel):
     role: Role
     position: int
     max_connections: int
+    rate_limit_per_second: float | None
+    max_messages_per_connection: int | None
     created_at: str | None
     updated_at: str | None
 
@@ -88,6 +113,8 @@ class ServerOut(BaseModel):
             role=Role(server.role),
             position=server.position,
             max_connections=server.max_connections,
+            rate_limit_per_second=server.rate_limit_per_second,
+            max_messages_per_connection=server.max_messages_per_connection,
             created_at=isoformat(server.created_at),
             updated_at=isoformat(server.updated_at),
         )
@@ -109,7 +136,9 @@ def create_server(body: ServerCreate, caller: CurrentCaller, context: Context) -
         password=body.password.get_secret_value() if body.password else None,
     )
     with context.database.session() as session:
-        server = smtp_servers.create_server(session, caller, fields, context.box)
+        server = smtp_servers.create_server(
+            session, caller, fields, context.box, guard=host_guard(context.settings)
+        )
         session.flush()
         session.refresh(server)
         return ServerOut.of(server)
@@ -134,7 +163,14 @@ def update_server(
     server_id: RowId, body: ServerPatch, caller: CurrentCaller, context: Context
 ) -> ServerOut:
     with context.database.session() as session:
-        server = smtp_servers.update_server(session, caller, server_id, body.changes(), context.box)
+        server = smtp_servers.update_server(
+            session,
+            caller,
+            server_id,
+            body.changes(),
+            context.box,
+            guard=host_guard(context.settings),
+        )
         session.flush()
         session.refresh(server)
         return ServerOut.of(server)
@@ -154,7 +190,12 @@ async def test_server(server_id: RowId, caller: CurrentCaller, context: Context)
     def load_endpoint() -> Endpoint:
         with context.database.session() as session:
             server = smtp_servers.get_server(session, caller, server_id)
-            return endpoint_for(server, context.box, context.settings.smtp_timeout_seconds)
+            return endpoint_for(
+                server,
+                context.box,
+                context.settings.smtp_timeout_seconds,
+                host_guard(context.settings),
+            )
 
     endpoint = await run_in_threadpool(load_endpoint)
     steps = await probe(endpoint, context.settings.hostname)

@@ -341,3 +341,37 @@ class BroadcastTrigger(Base):
     fanout_cursor: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class ServerSlot(Base):
+    """One of a server's `max_connections` connection slots, leased by the worker process
+    holding a connection in it, so that the limit holds across all workers.
+
+    `expires_at` is renewed while the connection lives; a worker that dies leaves its
+    slots to be taken again once they expire. No foreign key: a worker may still be
+    closing a connection to a server just deleted, and ids are never reused.
+    """
+
+    __tablename__ = "smtp_server_slots"
+
+    server_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    slot: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str | None] = mapped_column(String(100))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class ServerThrottle(Base):
+    """What the workers share about one server beyond its slots.
+
+    `next_free_at`: when a rate-limited server may next be sent a message, as Unix seconds;
+    workers reserve send times from it in small chunks. A float, not a DateTime, so that
+    "the later of this and now, plus n/rate" is one portable UPDATE on both databases.
+    `wanted_at`: when a worker last found every slot taken; holders then give back their
+    idle connections at once instead of after a while.
+    """
+
+    __tablename__ = "smtp_server_throttles"
+
+    server_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    next_free_at: Mapped[float | None] = mapped_column(Float)
+    wanted_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
+from functools import lru_cache
 
 from sqlalchemy import Engine, bindparam, event, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from postyard.db.models import Delivery, Suppression
+from postyard.db.models import Delivery, DeliveryAttempt, Suppression
 from postyard.delivery.policy import CLAIMABLE, Status
 
 log = logging.getLogger(__name__)
@@ -61,14 +63,38 @@ def enqueue_many(
     lifetime: timedelta,
 ) -> list[int]:
     """Queue messages in one statement; addresses on the suppression list are recorded as such."""
+    return _insert(session, workspace_id, letters, now, lifetime)[0]
+
+
+def enqueue_counted(
+    session: Session,
+    workspace_id: int,
+    letters: Sequence[Letter],
+    now: datetime,
+    lifetime: timedelta,
+) -> Counter[Status]:
+    """`enqueue_many` for callers that count outcomes: how many rows went in with each
+    status, known from the rows written rather than read back."""
+    return Counter(_insert(session, workspace_id, letters, now, lifetime)[1])
+
+
+def _insert(
+    session: Session,
+    workspace_id: int,
+    letters: Sequence[Letter],
+    now: datetime,
+    lifetime: timedelta,
+) -> tuple[list[int], list[Status]]:
+    """The new rows' ids, and their statuses (in the letters' order, not the ids')."""
     if not letters:
-        return []
+        return [], []
     suppressed = suppressed_among(session, workspace_id, [letter.to_address for letter in letters])
     rows = [_row(workspace_id, letter, suppressed, now, now + lifetime) for letter in letters]
     ids = list(session.scalars(insert(Delivery).returning(Delivery.id), rows))
-    if any(row["status"] == Status.QUEUED for row in rows):
+    statuses = [row["status"] for row in rows]
+    if Status.QUEUED in statuses:
         session.info[_DUE_NOW] = True
-    return ids
+    return ids, statuses
 
 
 def _row(
@@ -199,12 +225,17 @@ def withdraw_waiting(
 
 def new_message_id(from_address: str) -> str:
     """A Message-ID fixed at queue time, so every retry of a message carries the same one."""
+    return f"<{uuid.uuid4().hex}@{_message_id_domain(from_address)}>"
+
+
+@lru_cache(maxsize=1024)
+def _message_id_domain(from_address: str) -> str:
+    """The From address's domain, ASCII; parsed once per sender, not once per message."""
     domain = parseaddr(from_address)[1].rpartition("@")[2] or "postyard.invalid"
     try:  # a header must be ASCII: an internationalised domain goes in its IDNA form
-        domain = domain.encode("idna").decode("ascii")
+        return domain.encode("idna").decode("ascii")
     except UnicodeError:
-        domain = "postyard.invalid"
-    return f"<{uuid.uuid4().hex}@{domain}>"
+        return "postyard.invalid"
 
 
 def suppressed_among(session: Session, workspace_id: int, addresses: Sequence[str]) -> set[str]:
@@ -338,10 +369,34 @@ def record(session: Session, owner: str, outcomes: Sequence[Outcome], now: datet
             | {"lease_owner": None, "updated_at": now}
         )
     )
-    session.connection().execute(
+    connection = session.connection()
+    connection.execute(
         statement,
         [{f"new_{name}": value for name, value in asdict(o).items()} for o in outcomes],
     )
+    attempts = [_attempt_row(o, now) for o in outcomes if o.status in ATTEMPTED]
+    if attempts:
+        connection.execute(insert(DeliveryAttempt.__table__), attempts)
 
 
 _OUTCOME_COLUMNS = [name for name in Outcome.__dataclass_fields__ if name != "delivery_id"]
+# Outcomes that were an attempt, kept in `delivery_attempts`: a message handed to a server,
+# or one that could not be (no route, a template that failed). A suppressed message was
+# never attempted; a hand-back (`Worker._release`) is not an outcome and never comes here.
+ATTEMPTED = frozenset({Status.SENT, Status.DEFERRED, Status.FAILED})
+
+
+def _attempt_row(outcome: Outcome, now: datetime) -> dict[str, object]:
+    """The history row of one attempt; recorded even if another worker has taken the
+    delivery since, since the attempt happened all the same."""
+    response = outcome.smtp_response
+    code = response[:3] if response else ""
+    return {
+        "delivery_id": outcome.delivery_id,
+        "attempted_at": now,
+        "status": outcome.status.value,
+        "smtp_server_id": outcome.smtp_server_id,
+        "route_via": outcome.route_via,
+        "reply_code": int(code) if code.isdigit() else None,
+        "reply": response if outcome.status is Status.SENT else outcome.last_error or response,
+    }

@@ -1,23 +1,42 @@
-"""Reusable SMTP connections, at most `max_connections` open per server at once.
+"""Reusable SMTP connections, within the server's limits across all workers.
 
 Opening a connection costs a TCP handshake, EHLO, often TLS and AUTH: several
 round trips that a reused connection skips for every message after the first.
+
+A configured server's limits hold across every worker process (see `throttle`): each
+connection leases one of its `max_connections` slots, each message waits for its turn
+under `rate_limit_per_second`, and a connection says QUIT after
+`max_messages_per_connection` messages. The semaphore here keeps one process from
+polling for more slots than the server has. With no rate and no per-connection limit,
+the only cost per message is a counter: slots are leased per connection, not per message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 
 import aiosmtplib
 
 from postyard.delivery.endpoints import Endpoint
+from postyard.delivery.throttle import Pacer, Throttle
 
 # Servers drop idle clients after a while (Postfix: 300 s); a connection idle
 # this long is closed rather than risked on a message.
 MAX_IDLE_SECONDS = 30.0
+
+SLOT_IDLE_SECONDS = 2.0
+"""A connection idle this long gives its slot back; at once when another worker waits."""
+
+HAND_OVER_POLL_SECONDS = 0.1
+"""How often a pool holding idle slots looks whether another worker waits for one."""
+
+SLOT_POLL_SECONDS = (0.05, 0.25)
+"""First and longest wait between attempts to lease a slot when all are taken."""
 
 
 class ConnectionFailed(Exception):
@@ -39,14 +58,37 @@ def describe_error(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+@dataclass(eq=False)
+class _Connection:
+    client: aiosmtplib.SMTP
+    slot: int | None
+    """The server's connection slot it holds; None for the default relay (no shared limit)."""
+    messages: int = 0
+    idle_since: float = 0.0
+
+
 class ConnectionPool:
-    def __init__(self, endpoint: Endpoint, local_hostname: str) -> None:
+    def __init__(
+        self, endpoint: Endpoint, local_hostname: str, throttle: Throttle | None = None
+    ) -> None:
         self.endpoint = endpoint
         self._local_hostname = local_hostname
         self._slots = asyncio.Semaphore(endpoint.max_connections)
-        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+        self._idle: list[_Connection] = []
         self._in_use = 0
+        self._waiting = 0
+        self._polling = False
+        self._returned: asyncio.Future[None] | None = None
+        """Resolved when a connection goes back to `_idle` or frees its slot, for the
+        messages of this pool waiting for a slot."""
         self.last_used = time.monotonic()
+        self._hand_over: asyncio.Task[None] | None = None
+        """The latest check whether another worker wants this pool's idle slots."""
+        server_id = endpoint.server_id
+        self._throttle = throttle if server_id is not None else None
+        self._pacer: Pacer | None = None
+        if throttle is not None and server_id is not None and endpoint.rate_limit_per_second:
+            self._pacer = throttle.pacer(server_id)
 
     @property
     def is_idle(self) -> bool:
@@ -54,44 +96,153 @@ class ConnectionPool:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[aiosmtplib.SMTP]:
-        """A connected, authenticated client; it returns to the pool unless it failed."""
-        async with self._slots:
-            self._in_use += 1
-            try:
-                client = self._reuse() or await self._open()
+        """A connected, authenticated client, at this message's turn under the server's rate;
+        it returns to the pool unless it failed or has carried its share of messages."""
+        self._waiting += 1
+        try:
+            async with self._slots:
+                self._in_use += 1
                 try:
-                    yield client
-                except BaseException:
-                    await close_client(client)
-                    raise
-                if client.is_connected:
-                    self._idle.append((client, time.monotonic()))
-            finally:
-                self._in_use -= 1
-                self.last_used = time.monotonic()
+                    connection = await self._acquire()
+                    try:
+                        if self._pacer is not None:
+                            rate = self.endpoint.rate_limit_per_second or 0.0
+                            await self._pacer.wait_turn(rate, self._waiting)
+                        yield connection.client
+                    except BaseException:
+                        await self._close(connection)
+                        raise
+                    connection.messages += 1
+                    if self._keeps(connection):
+                        connection.idle_since = time.monotonic()
+                        self._idle.append(connection)
+                        self._wake()
+                    else:
+                        await self._close(connection)
+                finally:
+                    self._in_use -= 1
+                    self.last_used = time.monotonic()
+        finally:
+            self._waiting -= 1
+            if self._waiting == 0 and self.holds_idle_slots and self._hand_over is None:
+                self._hand_over = asyncio.create_task(self._hand_over_idle_slots())
 
-    def _reuse(self) -> aiosmtplib.SMTP | None:
+    async def _hand_over_idle_slots(self) -> None:
+        """While this process has no message for the server, give its idle connections'
+        slots back: at once when another worker waits for one, else after a short while.
+
+        Watched from the moment the pool runs out of messages, not at the end of the batch:
+        two workers each holding one server's slots while waiting for the other's would
+        otherwise wait on each other until their leases ran out."""
+        assert self._throttle is not None
+        deadline = time.monotonic() + SLOT_IDLE_SECONDS
+        try:
+            while self._waiting == 0 and self.holds_idle_slots:
+                wanted = await asyncio.to_thread(self._throttle.wanted, {self._server_id})
+                if self._waiting:
+                    return
+                if wanted or time.monotonic() >= deadline:
+                    await self.release_idle(0)
+                    return
+                await asyncio.sleep(HAND_OVER_POLL_SECONDS)
+        finally:
+            self._hand_over = None
+
+    def _keeps(self, connection: _Connection) -> bool:
+        limit = self.endpoint.max_messages_per_connection
+        return (
+            connection.client.is_connected
+            and (limit is None or connection.messages < limit)
+            and (
+                connection.slot is None
+                or self._throttle is None
+                or self._throttle.holds(self._server_id, connection.slot)
+            )
+        )
+
+    @property
+    def _server_id(self) -> int:
+        assert self.endpoint.server_id is not None
+        return self.endpoint.server_id
+
+    async def _reuse(self) -> _Connection | None:
         while self._idle:
-            client, idle_since = self._idle.pop()
-            if client.is_connected and time.monotonic() - idle_since < MAX_IDLE_SECONDS:
-                return client
-            client.close()
+            connection = self._idle.pop()
+            fresh = time.monotonic() - connection.idle_since < MAX_IDLE_SECONDS
+            if fresh and self._keeps(connection):
+                return connection
+            await self._close(connection)
         return None
 
-    async def _open(self) -> aiosmtplib.SMTP:
+    async def _acquire(self) -> _Connection:
+        """An idle connection, else a new one in a free slot. While every slot is taken, one
+        message at a time polls for a slot, and any takes a connection of this pool as soon
+        as one comes back."""
+        wait = SLOT_POLL_SECONDS[0]
+        while True:
+            connection = await self._reuse()
+            if connection is not None:
+                return connection
+            if self._throttle is None:
+                return await self._open(None)
+            if not self._polling:
+                self._polling = True
+                try:
+                    slot = await self._throttle.try_slot(
+                        self._server_id, self.endpoint.max_connections
+                    )
+                finally:
+                    self._polling = False
+                if slot is not None:
+                    self._wake()  # there may be more free slots: let the next one look
+                    return await self._open(slot)
+            if self._returned is None:
+                self._returned = asyncio.get_running_loop().create_future()
+            await asyncio.wait({self._returned}, timeout=wait * random.uniform(0.5, 1.0))
+            wait = min(wait * 2, SLOT_POLL_SECONDS[1])
+
+    async def _open(self, slot: int | None) -> _Connection:
         client = self.endpoint.client(self._local_hostname)
         try:
-            await client.connect()
+            await self.endpoint.connect(client)
             if self.endpoint.username:
                 await client.login(self.endpoint.username, self.endpoint.password or "")
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
-            await close_client(client)
-            raise ConnectionFailed(self.endpoint, error) from error
-        return client
+        except BaseException as error:
+            await self._close(_Connection(client, slot))
+            if isinstance(error, aiosmtplib.SMTPException | OSError | TimeoutError):
+                raise ConnectionFailed(self.endpoint, error) from error
+            raise
+        return _Connection(client, slot)
+
+    async def _close(self, connection: _Connection) -> None:
+        """QUIT, then give the slot back: the server counts the connection until it is gone."""
+        await close_client(connection.client)
+        if connection.slot is not None and self._throttle is not None:
+            await self._throttle.release_slot(self._server_id, connection.slot)
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._returned is not None:
+            self._returned.set_result(None)
+            self._returned = None
+
+    @property
+    def holds_idle_slots(self) -> bool:
+        return any(connection.slot is not None for connection in self._idle)
+
+    async def release_idle(self, older_than: float) -> None:
+        """Close the connections idle for `older_than` seconds, freeing their slots."""
+        now = time.monotonic()
+        stale = [c for c in self._idle if now - c.idle_since >= older_than]
+        if stale:
+            self._idle = [c for c in self._idle if c not in stale]
+            await asyncio.gather(*(self._close(c) for c in stale))
 
     async def close(self) -> None:
+        if self._hand_over is not None:
+            self._hand_over.cancel()
         idle, self._idle = self._idle, []
-        await asyncio.gather(*(close_client(client) for client, _ in idle))
+        await asyncio.gather(*(self._close(connection) for connection in idle))
 
 
 async def close_client(client: aiosmtplib.SMTP) -> None:
@@ -105,14 +256,17 @@ async def close_client(client: aiosmtplib.SMTP) -> None:
 class Pools:
     """One pool per endpoint key; a pool nobody used for a while is closed."""
 
-    def __init__(self, local_hostname: str) -> None:
+    def __init__(self, local_hostname: str, throttle: Throttle | None = None) -> None:
         self._local_hostname = local_hostname
+        self._throttle = throttle
         self._pools: dict[str, ConnectionPool] = {}
 
     def for_endpoint(self, endpoint: Endpoint) -> ConnectionPool:
         pool = self._pools.get(endpoint.key)
         if pool is None:
-            pool = self._pools[endpoint.key] = ConnectionPool(endpoint, self._local_hostname)
+            pool = self._pools[endpoint.key] = ConnectionPool(
+                endpoint, self._local_hostname, self._throttle
+            )
         return pool
 
     async def retire_idle(self) -> None:
@@ -123,3 +277,5 @@ class Pools:
     async def close(self) -> None:
         pools, self._pools = self._pools, {}
         await asyncio.gather(*(pool.close() for pool in pools.values()))
+        if self._throttle is not None:
+            await self._throttle.close()

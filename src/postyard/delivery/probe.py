@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
-from postyard.delivery.endpoints import Endpoint
+from postyard.delivery.endpoints import Endpoint, HostNotAllowed
 from postyard.delivery.pool import close_client, describe_error
 
 
@@ -36,7 +36,7 @@ async def probe(endpoint: Endpoint, local_hostname: str) -> list[Step]:
     steps: list[Step] = []
     connect_step = "connect (TLS)" if endpoint.security == "tls" else "connect"
     actions = [
-        (connect_step, client.connect),
+        (connect_step, lambda: endpoint.connect(client)),
         ("ehlo", client.ehlo),
     ]
     if endpoint.security == "starttls":
@@ -49,6 +49,9 @@ async def probe(endpoint: Endpoint, local_hostname: str) -> list[Step]:
         for name, action in actions:
             try:
                 response = await action()
+            except HostNotAllowed as refusal:
+                steps.append(Step(name, False, refusal.error))
+                break
             except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
                 steps.append(Step(name, False, describe_error(error)))
                 break

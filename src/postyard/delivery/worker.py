@@ -17,6 +17,12 @@ have not begun their SMTP transaction are handed back at once; transactions unde
 deferred and due at once (the server may have taken the message: a duplicate at most for
 each of those). Each write of outcomes and hand-backs is one transaction.
 
+A server the worker cannot reach (refused, timed out, 421) is marked unreachable, and cleared
+when reached again (`reachability`); with the workspace's failover on, its campaign type goes
+through the primary All Emails server meanwhile. A database that goes away (a PostgreSQL
+restart) does not stop the worker: the claim is tried again, and a claimed batch keeps its
+routes and outcomes until they can be written.
+
 When idle the worker polls every `worker_poll_seconds`; `wake()` (thread-safe) cuts the
 wait short, and `postyard serve` calls it whenever its own API or jobs queue mail.
 """
@@ -31,23 +37,31 @@ import re
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosmtplib
 from sqlalchemy import case, func, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from postyard import routing
 from postyard.clock import Clock, utcnow
 from postyard.config import Settings
 from postyard.db.engine import Database
-from postyard.db.models import Delivery, SmtpServer
-from postyard.delivery import outbox
-from postyard.delivery.endpoints import Endpoint, default_relay, endpoint_for
+from postyard.db.models import Delivery, SmtpServer, Workspace
+from postyard.delivery import outbox, reachability, transaction
+from postyard.delivery.endpoints import (
+    Endpoint,
+    HostGuard,
+    HostNotAllowed,
+    default_relay,
+    endpoint_for,
+    host_guard,
+)
 from postyard.delivery.message import build_message
 from postyard.delivery.outbox import Claimed, Outcome
 from postyard.delivery.policy import (
@@ -59,14 +73,20 @@ from postyard.delivery.policy import (
     is_hard_bounce,
 )
 from postyard.delivery.pool import ConnectionFailed, Pools, describe_error
+from postyard.delivery.throttle import Throttle
 from postyard.metrics import Metrics, server_label
 from postyard.routing import CampaignType, Role, Via
 from postyard.secretbox import SecretBox, secret_box
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 DEFAULT_GRACE_SECONDS = 20.0
 """How long SMTP transactions under way may take to finish once the worker is told to stop."""
+
+DATABASE_RETRY_SECONDS = 1.0
+"""How long the worker waits before trying a database that failed (restarting, failing over)."""
 
 FLUSH_SECONDS = 1.0
 """How often a batch in progress records its finished outcomes and renews its lease."""
@@ -90,6 +110,29 @@ class Routes:
     servers: dict[int, list[routing.Server]] = field(default_factory=lambda: defaultdict(list))
     endpoints: dict[int, Endpoint] = field(default_factory=dict)
     suppressed: dict[int, set[str]] = field(default_factory=dict)
+    unreachable: set[int] = field(default_factory=set)
+    """Servers marked unreachable; kept up to date as the batch finds them down or back."""
+    failover: set[int] = field(default_factory=set)
+    """Workspaces whose failover setting is on."""
+    trials: set[int] = field(default_factory=set)
+    """Marked servers that take one message of this batch as a trial instead of failing over."""
+
+    def resolve(
+        self, workspace_id: int, campaign_type: CampaignType, has_default_relay: bool
+    ) -> routing.Route:
+        """The route by the rules (R5, R7, failover); a failed-over type's own server takes
+        the batch's trial message when one is due, to find out whether it is back."""
+        route = routing.resolve(
+            self.servers[workspace_id],
+            campaign_type,
+            has_default_relay,
+            unreachable=self.unreachable,
+            failover=workspace_id in self.failover,
+        )
+        if route.via == Via.FAILOVER and route.down is not None and route.down.id in self.trials:
+            self.trials.discard(route.down.id)
+            return routing.Route(campaign_type, route.down, Via.SPECIFIC)
+        return route
 
 
 @dataclass(frozen=True)
@@ -133,6 +176,7 @@ class Worker:
         box: SecretBox | None = None,
         metrics: Metrics | None = None,
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
+        guard: HostGuard | None = None,
     ) -> None:
         self.database = database
         self.settings = settings
@@ -149,7 +193,11 @@ class Worker:
         self.lease = timedelta(seconds=settings.lease_seconds)
         self.flush_seconds = min(FLUSH_SECONDS, settings.lease_seconds / 3)
         self.policy = RetryPolicy(settings.retry_base_seconds, settings.retry_max_seconds)
-        self.pools = Pools(settings.hostname)
+        self.pools = Pools(settings.hostname, Throttle(database, self.owner))
+        self.guard = guard or host_guard(settings)
+        self.trials = reachability.Trials(
+            min(settings.retry_max_seconds, reachability.MAX_TRIAL_SECONDS)
+        )
         self.default_relay = (
             default_relay(settings.default_smtp_url, settings.smtp_timeout_seconds)
             if settings.default_smtp_url
@@ -166,9 +214,13 @@ class Worker:
                 # Cleared before the claim: mail queued from here on wakes the next wait.
                 self._wakeup.clear()
                 self._wake_pending = False
-                if await self.run_once() == 0:
-                    await self.pools.retire_idle()
-                    await self._idle(stop)
+                try:
+                    if await self.run_once() == 0:
+                        await self._idle(stop)
+                except DBAPIError as error:  # the claim failed: nothing is in hand, try again
+                    self._database_failed(error)
+                    with suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), DATABASE_RETRY_SECONDS)
         finally:
             self._stop = None
             self._loop = None
@@ -216,19 +268,45 @@ class Worker:
 
     async def run_once(self) -> int:
         """Claim one batch and see every message in it to an outcome; returns its size."""
+        await self.pools.retire_idle()
         now = self.clock()
         claimed = await asyncio.to_thread(self._claim, now)
         if not claimed:
             return 0
-        routes = await asyncio.to_thread(self._load_routes, claimed)
+        routes = await self._despite_outages(self._load_routes, claimed)
         batch = _Batch(
             {asyncio.create_task(self._attempt(d, routes)): d for d in claimed},
             flush_at=asyncio.get_running_loop().time() + self.flush_seconds,
         )
         attempts, releases = await self._attempt_all(batch)
         # Not cancellable: the rest of the batch's outcomes are written whole or not at all.
-        await asyncio.shield(asyncio.to_thread(self._record, attempts, releases))
+        await asyncio.shield(self._despite_outages(self._record, attempts, releases))
         return len(claimed)
+
+    async def _despite_outages(self, work: Callable[..., T], *args: Any) -> T:
+        """Run database `work` in a thread, again and again while the database is away
+        (restarting, failing over), until it succeeds or the worker is told to stop.
+
+        A claimed batch must not be dropped for want of a database: its rows would wait for
+        their lease to run out, and the messages already sent would be sent again."""
+        while True:
+            try:
+                return await asyncio.to_thread(work, *args)
+            except DBAPIError as error:
+                if self._stop is not None and self._stop.is_set():
+                    raise
+                self._database_failed(error)
+                await asyncio.sleep(DATABASE_RETRY_SECONDS)
+
+    def _database_failed(self, error: DBAPIError) -> None:
+        cause = error.orig if error.orig is not None else error
+        log.warning(
+            "delivery worker %s: the database failed (%s: %s); retrying in %g s",
+            self.owner,
+            type(cause).__name__,
+            str(cause).strip().splitlines()[0] if str(cause).strip() else "",
+            DATABASE_RETRY_SECONDS,
+        )
 
     async def _attempt_all(self, batch: _Batch) -> tuple[list[Attempt], list[Release]]:
         """Attempt the batch concurrently, recording outcomes and renewing the lease as it
@@ -391,8 +469,18 @@ class Worker:
                     routing.Server(server.id, server.name, Role(server.role), server.position)
                 )
                 routes.endpoints[server.id] = endpoint_for(
-                    server, self.box, self.settings.smtp_timeout_seconds
+                    server, self.box, self.settings.smtp_timeout_seconds, self.guard
                 )
+                if server.unreachable_since is not None:
+                    routes.unreachable.add(server.id)
+            routes.failover.update(
+                session.scalars(
+                    select(Workspace.id).where(
+                        Workspace.id.in_(workspace_ids), Workspace.failover.is_(True)
+                    )
+                )
+            )
+            routes.trials = self.trials.due(routes.unreachable)
             for workspace_id in workspace_ids:
                 addresses = [d.to_address for d in claimed if d.workspace_id == workspace_id]
                 routes.suppressed[workspace_id] = outbox.suppressed_among(
@@ -412,8 +500,8 @@ class Worker:
                     last_error=outbox.SUPPRESSION_LIST,
                 ),
             )
-        route = routing.resolve(
-            routes.servers[delivery.workspace_id],
+        route = routes.resolve(
+            delivery.workspace_id,
             CampaignType(delivery.campaign_type),
             has_default_relay=self.default_relay is not None,
         )
@@ -432,13 +520,14 @@ class Worker:
                 Outcome(delivery.id, Status.FAILED, now, last_error=f"render_error: {error}"),
             )
         server = server_label(endpoint.server_id, default_relay=True)
+        down: str | None = None
         try:
             async with self.pools.for_endpoint(endpoint).connection() as client:
                 self._transacting.add(delivery.id)
                 began = time.perf_counter()
                 try:
-                    _, response = await client.sendmail(
-                        delivery.from_address, [delivery.to_address], data
+                    response = await transaction.send(
+                        client, delivery.from_address, delivery.to_address, data
                     )
                 finally:
                     self._transacting.discard(delivery.id)
@@ -446,10 +535,23 @@ class Worker:
         except aiosmtplib.SMTPRecipientsRefused as refused:
             first = refused.recipients[0]
             reply = Reply(first.code, first.message)
+            down = reachability.unreachable_reason(refused)
+        except HostNotAllowed as refusal:
+            outcome = Outcome(
+                delivery.id,
+                Status.FAILED,
+                self.clock(),
+                smtp_server_id=endpoint.server_id,
+                route_via=via,
+                last_error=refusal.error,
+            )
+            return Attempt(delivery, outcome, server=server)
         except ConnectionFailed as failure:
             reply = Reply(None, str(failure))
+            down = reachability.unreachable_reason(failure)
         except aiosmtplib.SMTPResponseException as error:
             reply = Reply(error.code, error.message)
+            down = reachability.unreachable_reason(error)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             reply = Reply(None, f"connection to {endpoint.name} lost: {describe_error(error)}")
         else:
@@ -459,11 +561,41 @@ class Worker:
                 self.clock(),
                 smtp_server_id=endpoint.server_id,
                 route_via=via,
-                smtp_response=f"250 {response}",
+                smtp_response=f"{response.code} {response.message}",
                 sent_at=self.clock(),
             )
+            await self._note_reachability(routes, endpoint, None)
             return Attempt(delivery, outcome, server=server)
+        await self._note_reachability(routes, endpoint, down)
         return self._failed_attempt(delivery, reply, endpoint, via)
+
+    async def _note_reachability(
+        self, routes: Routes, endpoint: Endpoint, down: str | None
+    ) -> None:
+        """Mark the server unreachable (`down` says why) or reachable, only when that differs
+        from what the batch read: once per change of state, never per message."""
+        server_id = endpoint.server_id
+        if server_id is None or (server_id in routes.unreachable) == (down is not None):
+            return
+        if down is None:
+            routes.unreachable.discard(server_id)
+        else:
+            routes.unreachable.add(server_id)
+        try:
+            await asyncio.to_thread(self._write_reachability, server_id, down)
+        except Exception:  # the database failed: the next batch reads the old state and retries
+            log.exception(
+                "delivery worker %s: recording server %s's reachability failed",
+                self.owner,
+                server_id,
+            )
+
+    def _write_reachability(self, server_id: int, down: str | None) -> None:
+        with self.database.session() as session:
+            if down is None:
+                reachability.mark_reachable(session, server_id)
+            else:
+                reachability.mark_unreachable(session, server_id, self.clock(), down)
 
     def _failed_attempt(
         self, delivery: Claimed, reply: Reply, endpoint: Endpoint | None, via: Via | None

@@ -29,8 +29,10 @@ from postyard.db.models import (
     Segment,
     SegmentMember,
 )
+from postyard.delivery.policy import CLAIMABLE, Status
 from postyard.routing import CampaignType
-from postyard.services import fanout
+from postyard.services import audit, fanout
+from postyard.services.audit import Action, ObjectType
 from postyard.services.errors import Conflict, InvalidInput, NotFound, ServiceError
 from postyard.services.runtime import Runtime
 from postyard.services.workspaces import Caller
@@ -158,6 +160,15 @@ def create_campaign(
     _store(campaign, spec, now)
     session.add(campaign)
     session.flush()
+    audit.record(
+        session,
+        caller.actor,
+        Action.CREATE,
+        ObjectType.CAMPAIGN,
+        campaign.id,
+        None,
+        audit.snapshot(campaign),
+    )
     if spec.state == State.ACTIVE:
         _on_activation(session, runtime, campaign)
     return campaign
@@ -173,6 +184,7 @@ def update_campaign(
     """Apply the fields present in `changes` (`message` key by key); the result must be a
     valid campaign as a whole, or nothing changes."""
     campaign = _locked(session, caller, campaign_id)
+    before = audit.snapshot(campaign)
     current = spec_of(campaign)
     if "type" in changes and changes["type"] != current.type:
         raise InvalidInput("A campaign's type cannot be changed; create a new campaign.")
@@ -198,6 +210,9 @@ def update_campaign(
     if current.type != CampaignType.NEWSLETTER:
         campaign.state = State(spec.state).value
     session.flush()
+    after = audit.snapshot(campaign)
+    action = Action.STATE_CHANGE if after["state"] != before["state"] else Action.UPDATE
+    audit.record(session, caller.actor, action, ObjectType.CAMPAIGN, campaign.id, before, after)
     if campaign.state == State.ACTIVE and not was_active:
         _on_activation(session, runtime, campaign)
     return campaign
@@ -243,9 +258,19 @@ def send_newsletter(
             code="already_sent",
         )
     _check_audience(session, caller, campaign.audience or {})
+    before = audit.snapshot(campaign)
     now = runtime.clock()
     campaign.state = State.SCHEDULED.value
     campaign.send_at = max(send_at, now) if send_at is not None else now
+    audit.record(
+        session,
+        caller.actor,
+        Action.SEND,
+        ObjectType.CAMPAIGN,
+        campaign.id,
+        before,
+        audit.snapshot(campaign),
+    )
     return campaign
 
 
@@ -291,6 +316,15 @@ def create_trigger(
     )
     session.add(trigger)
     session.flush()
+    audit.record(
+        session,
+        caller.actor,
+        Action.TRIGGER,
+        ObjectType.CAMPAIGN,
+        campaign.id,
+        None,
+        {"trigger_id": trigger.id},
+    )
     return trigger
 
 
@@ -302,6 +336,47 @@ def get_trigger(
     if trigger is None or trigger.campaign_id != campaign.id:
         raise NotFound(f"No trigger with id {trigger_id} for campaign {campaign.id}.")
     return trigger
+
+
+CAMPAIGN_DELETED = "campaign deleted before this message was sent"
+
+
+def delete_campaign(session: Session, runtime: Runtime, caller: Caller, campaign_id: int) -> None:
+    """Delete a campaign; its deliveries stay, as the history of what it sent.
+
+    Refused (409 `campaign_sending`) while its mail is being queued, a newsletter's send
+    or a broadcast's trigger under way, which would go on queueing for a campaign that
+    no longer exists: wait for it to finish. Its messages still waiting (queued or
+    deferred) are cancelled with the reason; those being handed to a server are past
+    recall. A scheduled newsletter that has not started is simply never sent.
+    """
+    campaign = _locked(session, caller, campaign_id)
+    running = session.scalar(
+        select(func.count()).where(
+            BroadcastTrigger.campaign_id == campaign.id,
+            BroadcastTrigger.state.in_([TriggerState.PENDING.value, TriggerState.RUNNING.value]),
+        )
+    )
+    if campaign.state == State.SENDING or running:
+        raise Conflict(
+            f"Campaign {campaign.id} is queueing its mail now; delete it once that is done.",
+            code="campaign_sending",
+        )
+    session.execute(
+        update(Delivery)
+        .where(Delivery.campaign_id == campaign.id, Delivery.status.in_(CLAIMABLE))
+        .values(status=Status.CANCELLED, last_error=CAMPAIGN_DELETED, updated_at=runtime.clock())
+    )
+    audit.record(
+        session,
+        caller.actor,
+        Action.DELETE,
+        ObjectType.CAMPAIGN,
+        campaign.id,
+        audit.snapshot(campaign),
+        None,
+    )
+    session.delete(campaign)
 
 
 def counts(session: Session, campaign: Campaign) -> Counts:

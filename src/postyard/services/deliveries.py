@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from postyard.db.models import Delivery
+from postyard.db.models import Delivery, DeliveryAttempt
 from postyard.delivery import outbox
 from postyard.delivery.outbox import Letter
 from postyard.delivery.policy import Status
@@ -69,3 +69,15 @@ def get_delivery(session: Session, caller: Caller, delivery_id: int) -> Delivery
     if delivery is None or delivery.workspace_id != caller.workspace_id:
         raise NotFound(f"No delivery with id {delivery_id} in this workspace.")
     return delivery
+
+
+def attempts_of(session: Session, delivery: Delivery) -> list[DeliveryAttempt]:
+    """Every attempt at `delivery`, oldest first: how it came to its status (the delivery row
+    keeps only the latest reply)."""
+    return list(
+        session.scalars(
+            select(DeliveryAttempt)
+            .where(DeliveryAttempt.delivery_id == delivery.id)
+            .order_by(DeliveryAttempt.id)
+        )
+    )

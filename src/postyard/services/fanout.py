@@ -144,18 +144,16 @@ def enqueue(
 ) -> Tally:
     """Queue the letters (None: a person without an address, skipped) and count outcomes."""
     batch = [letter for letter in letters if letter is not None]
-    ids = outbox.enqueue_many(session, workspace_id, batch, runtime.clock(), runtime.lifetime)
-    tally = Tally(skipped=sum(1 for letter in letters if letter is None))
-    tally.recipients = len(batch) + tally.skipped
-    if ids:
-        for status in session.scalars(select(Delivery.status).where(Delivery.id.in_(ids))):
-            if status == Status.QUEUED:
-                tally.queued += 1
-            elif status == Status.SUPPRESSED:
-                tally.suppressed += 1
-            else:
-                tally.failed += 1
-    return tally
+    counts = outbox.enqueue_counted(session, workspace_id, batch, runtime.clock(), runtime.lifetime)
+    skipped = sum(1 for letter in letters if letter is None)
+    queued, suppressed = counts.pop(Status.QUEUED, 0), counts.pop(Status.SUPPRESSED, 0)
+    return Tally(
+        recipients=len(batch) + skipped,
+        queued=queued,
+        suppressed=suppressed,
+        failed=sum(counts.values()),
+        skipped=skipped,
+    )
 
 
 def people_after(

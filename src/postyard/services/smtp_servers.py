@@ -19,8 +19,11 @@ from postyard import routing
 from postyard.clock import utcnow
 from postyard.db.models import SmtpServer
 from postyard.delivery import outbox
+from postyard.delivery.endpoints import HostGuard, HostNotAllowed
 from postyard.routing import Role
 from postyard.secretbox import SecretBox
+from postyard.services import audit
+from postyard.services.audit import Action, ObjectType
 from postyard.services.errors import Conflict, InvalidInput, NotFound
 from postyard.services.workspaces import Caller, lock_workspace
 
@@ -45,6 +48,8 @@ class ServerFields:
     role: Role | None = None
     position: int | None = None
     max_connections: int = 4
+    rate_limit_per_second: float | None = None
+    max_messages_per_connection: int | None = None
 
 
 def list_servers(session: Session, caller: Caller) -> list[SmtpServer]:
@@ -69,8 +74,14 @@ def as_rule_servers(servers: list[SmtpServer]) -> list[routing.Server]:
 
 
 def create_server(
-    session: Session, caller: Caller, fields: ServerFields, box: SecretBox
+    session: Session,
+    caller: Caller,
+    fields: ServerFields,
+    box: SecretBox,
+    *,
+    guard: HostGuard | None = None,
 ) -> SmtpServer:
+    _check_host_allowed(guard, fields.host, fields.port)
     lock_workspace(session, caller.workspace_id)
     existing = list_servers(session, caller)
     routing.check_plan_allows_another(caller.plan, len(existing))
@@ -89,13 +100,18 @@ def create_server(
         role=role.value,
         position=len(existing) + 1,
         max_connections=fields.max_connections,
+        rate_limit_per_second=fields.rate_limit_per_second,
+        max_messages_per_connection=fields.max_messages_per_connection,
     )
     proposed = routing.Server(None, server.name, role, server.position)
     routing.check_servers([*as_rule_servers(existing), proposed], proposed)
     session.add(server)
     session.flush()
+    positions = _positions(existing)
     if fields.position is not None:
         _move(existing, server, fields.position)
+    _record(session, caller, Action.CREATE, server.id, None, audit.snapshot(server))
+    _record_moves(session, caller, positions, existing)
     outbox.retry_deferred_now(session, caller.workspace_id, utcnow())
     return server
 
@@ -106,12 +122,19 @@ def update_server(
     server_id: int,
     changes: Mapping[str, Any],
     box: SecretBox,
+    *,
+    guard: HostGuard | None = None,
 ) -> SmtpServer:
     """Apply the fields present in `changes`; a `None` password clears the stored one."""
     lock_workspace(session, caller.workspace_id)
     server = get_server(session, caller, server_id)
+    if "host" in changes or "port" in changes:
+        _check_host_allowed(
+            guard, changes.get("host", server.host), changes.get("port", server.port)
+        )
     servers = list_servers(session, caller)
     others = [s for s in servers if s.id != server.id]
+    before, positions = audit.snapshot(server), _positions(others)
     if "role" in changes:
         routing.check_role_change(as_rule_servers(servers), server.id, changes["role"])
         server.role = Role(changes["role"]).value
@@ -122,13 +145,26 @@ def update_server(
     if "password" in changes:
         password = changes["password"]
         server.password_encrypted = box.encrypt(password) if password else None
-    for field in ("name", "host", "port", "username", "ca_bundle", "max_connections"):
+    for field in (
+        "name",
+        "host",
+        "port",
+        "username",
+        "ca_bundle",
+        "max_connections",
+        "rate_limit_per_second",
+        "max_messages_per_connection",
+    ):
         if field in changes:
             setattr(server, field, changes[field])
     if "security" in changes:
         server.security = Security(changes["security"]).value
     if "position" in changes:
         _move(others, server, changes["position"])
+    after = audit.snapshot(server, replaced={"password"} if "password" in changes else ())
+    action = Action.ROLE_CHANGE if after["role"] != before["role"] else Action.UPDATE
+    _record(session, caller, action, server.id, before, after)
+    _record_moves(session, caller, positions, others)
     outbox.retry_deferred_now(session, caller.workspace_id, utcnow())
     return server
 
@@ -138,8 +174,12 @@ def delete_server(session: Session, caller: Caller, server_id: int) -> None:
     server = get_server(session, caller, server_id)
     servers = list_servers(session, caller)
     routing.check_delete(as_rule_servers(servers), server.id)
+    others = [s for s in servers if s.id != server.id]
+    positions = _positions(others)
+    _record(session, caller, Action.DELETE, server.id, audit.snapshot(server), None)
     session.delete(server)
-    _renumber([s for s in servers if s.id != server.id])
+    _renumber(others)
+    _record_moves(session, caller, positions, others)
     outbox.retry_deferred_now(session, caller.workspace_id, utcnow())
 
 
@@ -149,6 +189,32 @@ def _move(others: list[SmtpServer], server: SmtpServer, position: int) -> None:
     ordered = sorted(others, key=lambda s: (s.position, s.id))
     ordered.insert(index, server)
     _renumber(ordered)
+
+
+def _positions(servers: list[SmtpServer]) -> dict[int, int]:
+    return {server.id: server.position for server in servers}
+
+
+def _record(
+    session: Session,
+    caller: Caller,
+    action: Action,
+    server_id: int,
+    before: audit.Snapshot | None,
+    after: audit.Snapshot | None,
+) -> None:
+    audit.record(session, caller.actor, action, ObjectType.SMTP_SERVER, server_id, before, after)
+
+
+def _record_moves(
+    session: Session, caller: Caller, positions: dict[int, int], servers: list[SmtpServer]
+) -> None:
+    """Audit the servers that moved because another was placed, moved or deleted before
+    them: a move can change which All Emails server is the primary fallback (R4)."""
+    for server in servers:
+        if server.position != positions[server.id]:
+            was, now = {"position": positions[server.id]}, {"position": server.position}
+            _record(session, caller, Action.REORDER, server.id, was, now)
 
 
 def _renumber(ordered: list[SmtpServer]) -> None:
@@ -163,6 +229,18 @@ def _check_name_free(servers: list[SmtpServer], name: str) -> None:
         raise Conflict(
             f"Another SMTP server (id {holder.id}) is already named '{name}'.", code="name_taken"
         )
+
+
+def _check_host_allowed(guard: HostGuard | None, host: str, port: int) -> None:
+    if guard is None:
+        return
+    try:
+        guard.check(host, port)
+    except HostNotAllowed as refusal:
+        raise InvalidInput(
+            f"This instance may not connect to that SMTP server: {refusal}.",
+            code="host_not_allowed",
+        ) from None
 
 
 def _check_ca_bundle(ca_bundle: str | None) -> None:

@@ -20,9 +20,10 @@ from postyard.web.session import (
     check_signin_csrf,
     clear_cookie,
     current_session,
-    new_session,
+    end_session,
     set_cookie,
     signin_csrf_token,
+    start_session,
 )
 
 router = APIRouter(route_class=PageRoute, include_in_schema=False)
@@ -97,15 +98,20 @@ def sign_in(request: Request, form: Posted, context: Context) -> Response:
                 "Sign in with an admin key."
             ),
         )
-    cookie = new_session(caller, context.clock())
+    with context.database.session() as session:
+        token = start_session(session, caller, context.clock())
     response = see_other(next_path or HOME)
-    set_cookie(request, response, SESSION_COOKIE, cookie.encode(context.box), SESSION_SECONDS)
+    set_cookie(request, response, SESSION_COOKIE, token, SESSION_SECONDS)
     clear_cookie(request, response, SIGNIN_COOKIE)
     return response
 
 
 @router.post("/logout")
-def sign_out(request: Request, form: CheckedForm) -> Response:
+def sign_out(request: Request, form: CheckedForm, context: Context) -> Response:
+    """End the session in the database, not only in this browser: a copy of the cookie
+    (another browser, a stolen one) is refused from now on."""
+    with context.database.session() as session:
+        end_session(session, request.cookies[SESSION_COOKIE], context.clock())
     response = see_other("/login?signed_out=1")
     clear_cookie(request, response, SESSION_COOKIE)
     return response

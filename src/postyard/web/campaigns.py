@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy.orm import Session
 
 from postyard import templating
+from postyard.api.campaigns import SendBody, TriggerBody
 from postyard.api.context import AppContext, Context
 from postyard.api.fields import HeaderLine, Mailbox, Name, RowId, Text
 from postyard.api.people import check_json
@@ -43,6 +45,14 @@ FREQUENCY_CHOICES = {
     Frequency.EVERY.value: "Every time the event happens",
     Frequency.ONCE.value: "Only the first time, once per person",
 }
+RECIPIENT_CHOICES = {
+    "audience": "Its audience, as set on the broadcast",
+    "ids": "These people, by id (one per line)",
+    "emails": "These people, by email address (one per line)",
+    "per_user_data": "These people, each with data of their own (JSON list)",
+    "recipients": "The people a condition tree holds for (JSON)",
+}
+LISTED = {"ids": "id", "emails": "email"}
 MESSAGE_FIELDS = ("from", "reply_to", "subject", "text", "html")
 PREVIEW_URL = "https://postyard.example/unsubscribe/preview"
 
@@ -88,7 +98,7 @@ def _json_tree(form: Form, name: str, *, optional: bool) -> dict[str, Any] | Non
         return None
     try:
         value = json.loads(raw)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         form.errors[name] = f"This is not valid JSON: {error}."
         return None
     if not isinstance(value, dict):
@@ -170,6 +180,55 @@ def campaign_form(
             )
             settings["audience"] = {"segment_id": segment_id}
     return form, (settings if form.ok else None)
+
+
+def trigger_request(form: Form) -> TriggerRequest | None:
+    """A trigger as the API takes it (`TriggerBody` checks it, so the form accepts what
+    the API accepts), or None with each problem on its field."""
+    data = _json_tree(form, "data", optional=True)
+    send_to = form.text("send_to") or "audience"
+    raw = form.values.get("recipients_list", "").strip()
+    body: dict[str, Any] = {"data": data or {}}
+    if send_to not in RECIPIENT_CHOICES:
+        form.errors["send_to"] = "Choose who gets this trigger's messages."
+    elif send_to in LISTED:
+        body[send_to] = [line.strip() for line in raw.splitlines() if line.strip()]
+        body[f"{LISTED[send_to]}_ignore_missing"] = form.values.get("ignore_missing") == "yes"
+        if not body[send_to]:
+            form.errors["recipients_list"] = f"Enter the {send_to} to send to, one per line."
+    elif send_to != "audience":
+        try:
+            body[send_to] = json.loads(raw)
+        except (ValueError, RecursionError) as error:  # too deep is not valid JSON either
+            form.errors["recipients_list"] = f"This is not valid JSON: {error}."
+    if not form.ok:
+        return None
+    try:
+        return TriggerBody.model_validate_json(json.dumps(body)).request()
+    except ValidationError as error:
+        problem = error.errors()[0]
+        loc = problem["loc"]
+        where = ".".join(str(part) for part in loc)
+        if len(loc) > 1 and loc[0] in LISTED and isinstance(loc[1], int):
+            where = f"line {loc[1] + 1}"
+        message = str(problem["msg"]).removeprefix("Value error, ")
+        form.errors["data" if where.startswith("data") else "recipients_list"] = (
+            f"{where}: {message}." if where else f"{message[:1].upper()}{message[1:]}."
+        )
+        return None
+
+
+def _send_at(form: Form) -> tuple[bool, datetime | None]:
+    """The optional schedule, as the API reads `send_at` (a time without a zone is UTC);
+    False when it cannot be read, with the problem noted."""
+    raw = form.text("send_at")
+    if not raw:
+        return True, None
+    try:
+        return True, SendBody.model_validate_json(json.dumps({"send_at": raw})).send_at
+    except ValidationError:
+        form.errors["send_at"] = "Enter a date and time like 2030-01-31 09:00 (UTC)."
+        return False, None
 
 
 def _place(form: Form, refused: ServiceError) -> None:
@@ -521,7 +580,8 @@ def _campaign_page(
         by_server=by_server,
         route=route,
         trigger=trigger,
-        trigger_form=trigger_form or Form({"data": "{}"}),
+        trigger_form=trigger_form or Form({"data": "{}", "send_to": "audience"}),
+        recipient_choices=RECIPIENT_CHOICES,
         state_error=state_error,
         notice=notice,
         refresh_seconds=2 if working else None,
@@ -535,6 +595,8 @@ NOTICES = {
     "paused": "The campaign is paused: it sends nothing until it is activated again.",
     "draft": "The campaign is back to draft.",
     "sending": "The newsletter is being sent: the counts below fill in as it goes out.",
+    "scheduled": "The newsletter is scheduled: it goes out at the time below, to who is in "
+    "its audience then. Until then you can still delete it.",
     "triggered": "Broadcast triggered: its messages are being queued.",
 }
 
@@ -584,6 +646,7 @@ def _send_page(
     web: WebSession,
     campaign_id: int,
     *,
+    form: Form | None = None,
     error: str | None = None,
     status: int = 200,
 ) -> Response:
@@ -606,6 +669,7 @@ def _send_page(
         size=size,
         with_email=with_email,
         route=route,
+        form=form or Form({}),
         error=error,
     )
 
@@ -621,16 +685,26 @@ def send_page(
 def send(
     campaign_id: RowId, request: Request, web: CurrentSession, form: CheckedForm, context: Context
 ) -> Response:
+    checked = Form(form)
+    readable, send_at = _send_at(checked)
+    if not readable:
+        return _send_page(request, context, web, campaign_id, form=checked, status=422)
     try:
         with context.database.session() as session:
-            campaigns.send_newsletter(session, context.runtime, web.caller, campaign_id, None)
+            campaigns.send_newsletter(session, context.runtime, web.caller, campaign_id, send_at)
     except ServiceError as refused:
         if refused.status == 404:
             raise
         return _send_page(
-            request, context, web, campaign_id, error=refused.message, status=refused.status
+            request,
+            context,
+            web,
+            campaign_id,
+            form=checked,
+            error=refused.message,
+            status=refused.status,
         )
-    return see_other(f"/campaigns/{campaign_id}?notice=sending")
+    return see_other(f"/campaigns/{campaign_id}?notice={'scheduled' if send_at else 'sending'}")
 
 
 @router.post("/campaigns/{campaign_id}/trigger")
@@ -638,20 +712,84 @@ def trigger(
     campaign_id: RowId, request: Request, web: CurrentSession, form: CheckedForm, context: Context
 ) -> Response:
     checked = Form(form)
-    data = _json_tree(checked, "data", optional=True)
-    if not checked.ok:
+    wanted = trigger_request(checked)
+    if wanted is None:
         return _campaign_page(request, context, web, campaign_id, trigger_form=checked, status=422)
     try:
         with context.database.session() as session:
             made = campaigns.create_trigger(
-                session, context.runtime, web.caller, campaign_id, TriggerRequest(data=data or {})
+                session, context.runtime, web.caller, campaign_id, wanted
             )
             trigger_id = made.id
     except ServiceError as refused:
         if refused.status == 404:
             raise
-        checked.errors["data"] = refused.message
+        where = "data" if refused.code != "invalid_conditions" else "recipients_list"
+        if refused.message.startswith("per_user_data"):
+            where = "recipients_list"
+        checked.errors[where] = refused.message
         return _campaign_page(
             request, context, web, campaign_id, trigger_form=checked, status=refused.status
         )
     return see_other(f"/campaigns/{campaign_id}?notice=triggered&trigger={trigger_id}")
+
+
+# ------------------------------------------------------------------ deleting
+
+
+def _delete_page(
+    request: Request,
+    web: WebSession,
+    campaign: Campaign,
+    *,
+    error: str | None = None,
+    status: int = 200,
+) -> Response:
+    return render(
+        request,
+        "confirm_delete.html",
+        session=web,
+        status=status,
+        nav="campaigns",
+        name=campaign.name,
+        list_url="/campaigns",
+        list_label="Campaigns",
+        back_url=f"/campaigns/{campaign.id}",
+        action=f"/campaigns/{campaign.id}/delete",
+        error=error,
+        consequences=[
+            "Its messages still waiting to be sent are cancelled; those already sent keep "
+            "their record in the deliveries log.",
+            "While a newsletter's send or a broadcast's trigger is queueing its messages, "
+            "the campaign cannot be deleted: wait until it is done.",
+        ],
+    )
+
+
+def _loaded(context: AppContext, web: WebSession, campaign_id: int) -> Campaign:
+    with context.database.session() as session:
+        campaign = campaigns.get_campaign(session, web.caller, campaign_id)
+        session.expunge(campaign)
+    return campaign
+
+
+@router.get("/campaigns/{campaign_id}/delete")
+def delete_page(
+    campaign_id: RowId, request: Request, web: CurrentSession, context: Context
+) -> Response:
+    return _delete_page(request, web, _loaded(context, web, campaign_id))
+
+
+@router.post("/campaigns/{campaign_id}/delete")
+def delete(
+    campaign_id: RowId, request: Request, web: CurrentSession, form: CheckedForm, context: Context
+) -> Response:
+    campaign = _loaded(context, web, campaign_id)
+    try:
+        with context.database.session() as session:
+            campaigns.delete_campaign(session, context.runtime, web.caller, campaign_id)
+    except ServiceError as refused:
+        if refused.status == 404:
+            raise
+        return _delete_page(request, web, campaign, error=refused.message, status=refused.status)
+    return see_other("/campaigns?notice=deleted")

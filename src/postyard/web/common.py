@@ -19,13 +19,17 @@ from postyard.web.templating import templates
 
 log = logging.getLogger(__name__)
 
-# No scripts at all, styles from our own file, forms only to ourselves, never framed.
+# No scripts, styles from our own file, forms only to ourselves, never framed.
+POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+# A page that enhances itself (`render(script=...)`) may load scripts from our static
+# folder, never inline, and call back only to us.
+SCRIPTED_POLICY = POLICY + "; script-src 'self'; connect-src 'self'"
 HEADERS = {
     "Cache-Control": "no-store",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
+    "Content-Security-Policy": POLICY,
     "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -49,18 +53,23 @@ def render(
     *,
     session: WebSession | None,
     status: int = 200,
+    script: str | None = None,
     **values: Any,
 ) -> HTMLResponse:
+    """The page; `script` names a file of `static/` that enhances it (the page must work
+    without it), allowed by the page's policy and by no other page's."""
     values.setdefault("notice", None)
     values.setdefault("nav", None)
     values.setdefault("refresh_seconds", None)
     context = {
         "session": session,
         "csrf_token": session.csrf_token if session else values.pop("csrf_token", ""),
+        "script": script,
         **values,
     }
+    headers = HEADERS if script is None else {**HEADERS, "Content-Security-Policy": SCRIPTED_POLICY}
     response = templates.TemplateResponse(
-        request, f"admin/{template}", context, status_code=status, headers=HEADERS
+        request, f"admin/{template}", context, status_code=status, headers=headers
     )
     return response  # type: ignore[return-value]
 

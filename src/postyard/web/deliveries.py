@@ -1,4 +1,5 @@
-"""`/deliveries`: the log of every message, filterable, and what became of each one."""
+"""`/deliveries`: the log of every message, filterable, and what became of each one,
+attempt by attempt."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from fastapi import APIRouter, Request, Response
 
 from postyard.api.context import AppContext, Context
 from postyard.api.fields import RowId
-from postyard.db.models import Delivery
+from postyard.db.models import Delivery, DeliveryAttempt
 from postyard.delivery.policy import Status
 from postyard.routing import CampaignType, Via
 from postyard.services import deliveries, smtp_servers
 from postyard.services.deliveries import DeliveryFilter
+from postyard.services.route_reasons import RouteReasons
 from postyard.web.common import PageRoute, render
 from postyard.web.session import CurrentSession, WebSession
 
@@ -33,7 +35,7 @@ class ServerNames:
 
     names: dict[int, str]
 
-    def of(self, delivery: Delivery) -> str:
+    def of(self, delivery: Delivery | DeliveryAttempt) -> str:
         if delivery.smtp_server_id is not None:
             return self.names.get(
                 delivery.smtp_server_id, f"server #{delivery.smtp_server_id} (deleted)"
@@ -41,6 +43,10 @@ class ServerNames:
         if delivery.route_via == Via.DEFAULT_RELAY:
             return "default relay"
         return "—"
+
+    def known(self, server_id: int | None) -> int | None:
+        """The id to link to: None for no server, or one deleted since."""
+        return server_id if server_id in self.names else None
 
 
 def _names(context: AppContext, web: WebSession) -> ServerNames:
@@ -121,21 +127,9 @@ def _row(delivery: Delivery, names: ServerNames) -> dict[str, Any]:
         "subject": delivery.subject,
         "status": delivery.status,
         "server": names.of(delivery),
-        "server_id": delivery.smtp_server_id if delivery.smtp_server_id in names.names else None,
+        "server_id": names.known(delivery.smtp_server_id),
         "attempts": delivery.attempts,
     }
-
-
-def route_words(delivery: Delivery) -> str:
-    """Why the delivery went to its server, in the routing panel's words."""
-    label = TYPE_CHOICES.get(delivery.campaign_type, delivery.campaign_type)
-    if delivery.route_via == Via.SPECIFIC:
-        return f"specific: the server set to {label}"
-    if delivery.route_via == Via.FALLBACK:
-        return f"fallback: no server was set to {label}, so the primary All Emails server took it"
-    if delivery.route_via == Via.DEFAULT_RELAY:
-        return "default relay: the workspace had no SMTP server of its own"
-    return "not routed yet"
 
 
 @router.get("/deliveries/{delivery_id}")
@@ -145,6 +139,19 @@ def detail_page(
     names = _names(context, web)
     with context.database.session() as session:
         delivery = deliveries.get_delivery(session, web.caller, delivery_id)
+        route = RouteReasons.of(session, web.caller.workspace_id).of_delivery(delivery)
+        history = [
+            {
+                "attempted_at": attempt.attempted_at,
+                "status": attempt.status,
+                "server": names.of(attempt),
+                "server_id": names.known(attempt.smtp_server_id),
+                "via": attempt.route_via or "—",
+                "reply_code": attempt.reply_code,
+                "reply": attempt.reply,
+            }
+            for attempt in deliveries.attempts_of(session, delivery)
+        ]
     now = context.clock()
     waiting = delivery.status in WAITING or delivery.status == Status.DEFERRED
     notice = None
@@ -161,8 +168,9 @@ def detail_page(
         d=delivery,
         type_label=TYPE_CHOICES.get(delivery.campaign_type, delivery.campaign_type),
         server=names.of(delivery),
-        server_id=delivery.smtp_server_id if delivery.smtp_server_id in names.names else None,
-        route=route_words(delivery),
+        server_id=names.known(delivery.smtp_server_id),
+        history=history,
+        route=route,
         waiting=waiting,
         next_in=_seconds(delivery.next_attempt_at, now) if waiting else None,
         notice=notice,

@@ -8,7 +8,16 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from postyard.api.fields import EmailAddress, HeaderLine, Host, Mailbox, Name, Text
+from postyard.api.fields import (
+    EmailAddress,
+    HeaderLine,
+    Host,
+    Mailbox,
+    MessagesPerConnection,
+    Name,
+    RateLimit,
+    Text,
+)
 from postyard.routing import CampaignType, Role
 from postyard.services.smtp_servers import Security, ServerFields
 
@@ -30,6 +39,8 @@ _EMAIL = TypeAdapter(EmailAddress)
 _MAILBOX = TypeAdapter(Mailbox)
 _HEADER = TypeAdapter(HeaderLine)
 _TEXT = TypeAdapter(Text)
+_RATE = TypeAdapter(RateLimit)
+_PER_CONNECTION = TypeAdapter(MessagesPerConnection)
 
 
 @dataclass
@@ -69,7 +80,17 @@ class Form:
         return False
 
 
-CONNECTION_FIELDS = ("name", "host", "port", "security", "username", "ca_bundle", "max_connections")
+CONNECTION_FIELDS = (
+    "name",
+    "host",
+    "port",
+    "security",
+    "username",
+    "ca_bundle",
+    "max_connections",
+    "rate_limit_per_second",
+    "max_messages_per_connection",
+)
 
 
 def server_values(server: Any) -> dict[str, str]:
@@ -82,7 +103,28 @@ def server_values(server: Any) -> dict[str, str]:
         "username": server.username or "",
         "ca_bundle": server.ca_bundle or "",
         "max_connections": str(server.max_connections),
+        "rate_limit_per_second": _number(server.rate_limit_per_second),
+        "max_messages_per_connection": _number(server.max_messages_per_connection),
     }
+
+
+def _number(value: float | None) -> str:
+    """A limit as typed: 200 rather than 200.0, blank for none."""
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _limit(form: Form, name: str, adapter: TypeAdapter[Any], parse: type, message: str) -> Any:
+    """An optional limit: blank is no limit; anything else goes through the API's validator."""
+    raw = form.text(name)
+    if not raw:
+        return None
+    try:
+        return adapter.validate_python(parse(raw))
+    except ValueError:  # pydantic's ValidationError is one too
+        form.errors[name] = message
+        return None
 
 
 def _connection(form: Form) -> dict[str, Any]:
@@ -102,6 +144,20 @@ def _connection(form: Form) -> dict[str, Any]:
     ca_bundle = form.values.get("ca_bundle", "").strip().replace("\r\n", "\n")
     values["ca_bundle"] = ca_bundle or None
     values["max_connections"] = form.whole_number("max_connections", 1, 100, "Connections at once")
+    values["rate_limit_per_second"] = _limit(
+        form,
+        "rate_limit_per_second",
+        _RATE,
+        float,
+        "Messages per second must be a number above 0 and at most 10,000, or blank.",
+    )
+    values["max_messages_per_connection"] = _limit(
+        form,
+        "max_messages_per_connection",
+        _PER_CONNECTION,
+        int,
+        "Messages per connection must be a whole number from 1 to 1,000,000, or blank.",
+    )
     return values
 
 

@@ -25,7 +25,9 @@ def overview_page(request: Request, web: CurrentSession, context: Context) -> Re
     hours = [first_hour + timedelta(hours=i) for i in range(HOURS)]
     with context.database.session() as session:
         servers = smtp_servers.list_servers(session, web.caller)
-        counts = overview.sent_per_hour(session, web.caller, first_hour)
+        counts = overview.sent_per_hour(
+            session, web.caller, first_hour, first_hour + timedelta(hours=HOURS)
+        )
         queue = overview.queue(session, web.caller)
         troubles = overview.troubled_servers(session, web.caller, now - TROUBLE_WINDOW)
     names = {server.id: server.name for server in servers}

@@ -1,10 +1,16 @@
 """`/segments`: segments with their member counts, their condition trees, and who is in them.
 
 A segment's conditions are typed either as the JSON tree (any depth) or with the
-small builder (one level of attribute conditions, all or any of them). Every
-change goes through `postyard.services.segments`; a tree it refuses comes back
-with its message, which points at the node at fault, next to the builder row or
-the JSON field it came from, and nothing is stored.
+small builder (one level of attribute conditions, all or any of them); editing a
+segment puts its tree back in the builder when the builder can show it exactly,
+else in the JSON field with a note. Every change goes through
+`postyard.services.segments`; a tree it refuses comes back with its message,
+which points at the node at fault, next to the builder row or the JSON field it
+came from, and nothing is stored.
+
+"Count members" counts who the conditions hold for without saving: the button
+posts the form and gets it back with the count (no script needed), and
+`static/segment-count.js` asks `/segments/count` as the conditions change.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import re
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter
 
 from postyard.api.context import AppContext, Context
@@ -22,7 +29,7 @@ from postyard.api.people import check_json
 from postyard.conditions import Operator
 from postyard.services import segments
 from postyard.services.errors import ServiceError
-from postyard.web.common import CheckedForm, PageRoute, render, see_other
+from postyard.web.common import HEADERS, CheckedForm, PageRoute, render, see_other
 from postyard.web.forms import Form
 from postyard.web.session import CurrentSession, WebSession
 
@@ -90,13 +97,39 @@ def _builder_tree(form: Form) -> tuple[dict[str, Any] | None, list[int]]:
     return {combine: children}, rows
 
 
-def segment_form(raw: dict[str, str]) -> tuple[Form, str | None, Any, list[int] | None]:
-    """The name and the tree (from the JSON field, else the builder), with problems by field;
-    the builder's row numbers when the tree came from it."""
-    form = Form(raw)
-    name = None
-    if form.required("name", "Enter a name for this segment."):
-        name = form.check("name", _NAME, form.text("name"))
+def _text(operator: str, value: Any) -> str:
+    """A value as the builder's box shows it: the inverse of `_value`, where there is one."""
+    if operator == Operator.IN.value:
+        return ", ".join(_text(Operator.EQ.value, item) for item in value)
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def builder_values(tree: Any) -> dict[str, str] | None:
+    """A stored tree as the builder's fields, or None when the builder cannot show it exactly
+    (nesting, events, more rows than it has, a value its boxes would read back otherwise)."""
+    if isinstance(tree, dict) and tree.keys() == {"attribute"}:
+        tree = {"and": [tree]}
+    if not (isinstance(tree, dict) and len(tree) == 1 and tree.keys() <= COMBINE_CHOICES.keys()):
+        return None
+    [(combine, children)] = tree.items()
+    if not isinstance(children, list) or not 0 < len(children) <= ROWS:
+        return None
+    values = {"combine": combine, "conditions": ""}
+    for row, child in enumerate(children, start=1):
+        node = child.get("attribute") if isinstance(child, dict) and len(child) == 1 else None
+        if not isinstance(node, dict) or node.get("operator") not in OPERATOR_CHOICES:
+            return None
+        values[f"c{row}_field"] = str(node.get("field", ""))
+        values[f"c{row}_operator"] = node["operator"]
+        if "value" in node:  # stored trees were parsed: `in` has a list
+            values[f"c{row}_value"] = _text(node["operator"], node["value"])
+    rebuilt, _ = _builder_tree(Form(dict(values)))
+    return values if rebuilt == tree else None
+
+
+def conditions_of(form: Form) -> tuple[Any, list[int] | None]:
+    """The tree from the JSON field, else from the builder, with problems noted by field;
+    and the builder's row numbers when the tree came from it."""
     text = form.values.get("conditions", "").strip()
     rows: list[int] | None = None
     tree: Any = None
@@ -104,7 +137,7 @@ def segment_form(raw: dict[str, str]) -> tuple[Form, str | None, Any, list[int] 
         try:
             tree = json.loads(text)
             check_json(tree)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:  # too deep for the parser is invalid too
             form.errors["conditions"] = f"This is not a valid condition tree in JSON: {error}."
             tree = None
     else:
@@ -114,6 +147,16 @@ def segment_form(raw: dict[str, str]) -> tuple[Form, str | None, Any, list[int] 
                 "Give the segment its conditions: fill in a row of the builder, "
                 "or type the tree as JSON."
             )
+    return tree, rows
+
+
+def segment_form(raw: dict[str, str]) -> tuple[Form, str | None, Any, list[int] | None]:
+    """The name and the conditions (`conditions_of`), with problems by field."""
+    form = Form(raw)
+    name = None
+    if form.required("name", "Enter a name for this segment."):
+        name = form.check("name", _NAME, form.text("name"))
+    tree, rows = conditions_of(form)
     return form, name, tree, rows
 
 
@@ -137,12 +180,15 @@ def _form_page(
     *,
     segment: Any = None,
     status: int = 200,
+    count: int | None = None,
+    builder_note: str | None = None,
 ) -> Response:
     return render(
         request,
         "segment_form.html",
         session=web,
         status=status,
+        script="segment-count.js",
         nav="segments",
         form=form,
         segment=segment,
@@ -150,7 +196,48 @@ def _form_page(
         rows=range(1, ROWS + 1),
         operators=OPERATOR_CHOICES,
         combines=COMBINE_CHOICES,
+        count=count,
+        builder_note=builder_note,
     )
+
+
+def _counted(form: Form, context: AppContext, web: WebSession) -> int | None:
+    """How many people the form's conditions hold for now, or None with the problem noted
+    on the field it is about. Nothing is stored."""
+    tree, rows = conditions_of(form)
+    if not form.ok:
+        return None
+    try:
+        with context.database.session() as session:
+            return segments.count_matching(session, web.caller, tree, context.clock())
+    except ServiceError as refused:
+        _place(form, refused, rows)
+        return None
+
+
+def _count_page(
+    request: Request, context: AppContext, web: WebSession, raw: dict[str, str], segment: Any
+) -> Response:
+    """The form as posted, with the count, or with the problem that prevents counting."""
+    form = Form(raw)
+    count = _counted(form, context, web)
+    status = 200 if count is not None else 422
+    return _form_page(request, web, form, segment=segment, status=status, count=count)
+
+
+@router.post("/segments/count")
+def count(web: CurrentSession, form: CheckedForm, context: Context) -> JSONResponse:
+    """The count for `segment-count.js`: `{member_count}`, or a 422 naming the field at fault."""
+    checked = Form(form)
+    counted = _counted(checked, context, web)
+    if counted is None:
+        field, message = next(iter(checked.errors.items()))
+        return JSONResponse(
+            {"error": {"code": "invalid_conditions", "message": message, "field": field}},
+            status_code=422,
+            headers=HEADERS,
+        )
+    return JSONResponse({"member_count": counted}, headers=HEADERS)
 
 
 @router.get("/segments")
@@ -162,7 +249,8 @@ def list_page(request: Request, web: CurrentSession, context: Context) -> Respon
             {"id": s.id, "name": s.name, "members": counts[s.id], "time_window": s.time_window}
             for s in found
         ]
-    return render(request, "segments.html", session=web, nav="segments", rows=rows)
+    notice = {"deleted": "The segment was deleted."}.get(request.query_params.get("notice", ""))
+    return render(request, "segments.html", session=web, nav="segments", rows=rows, notice=notice)
 
 
 @router.get("/segments/new")
@@ -172,6 +260,8 @@ def new_page(request: Request, web: CurrentSession) -> Response:
 
 @router.post("/segments/new")
 def create(request: Request, web: CurrentSession, form: CheckedForm, context: Context) -> Response:
+    if form.get("action") == "count":
+        return _count_page(request, context, web, form, None)
     checked, name, tree, rows = segment_form(form)
     if not checked.ok:
         return _form_page(request, web, checked, status=422)
@@ -192,13 +282,17 @@ def edit_page(
 ) -> Response:
     with context.database.session() as session:
         segment = segments.get_segment(session, web.caller, segment_id)
-        values = {
-            "name": segment.name,
-            "conditions": json.dumps(segment.conditions, indent=2),
-            "combine": "and",
-        }
         session.expunge(segment)
-    return _form_page(request, web, Form(values), segment=segment)
+    values = builder_values(segment.conditions)
+    note = None
+    if values is None:
+        values = {"conditions": json.dumps(segment.conditions, indent=2), "combine": "and"}
+        note = (
+            "These conditions are more than the builder can show (nesting, events, or more "
+            f"than {ROWS} conditions): edit them as JSON below."
+        )
+    form = Form({"name": segment.name, **values})
+    return _form_page(request, web, form, segment=segment, builder_note=note)
 
 
 @router.post("/segments/{segment_id}/edit")
@@ -208,6 +302,8 @@ def edit(
     with context.database.session() as session:
         segment = segments.get_segment(session, web.caller, segment_id)
         session.expunge(segment)
+    if form.get("action") == "count":
+        return _count_page(request, context, web, form, segment)
     checked, name, tree, rows = segment_form(form)
     if not checked.ok:
         return _form_page(request, web, checked, segment=segment, status=422)
@@ -263,3 +359,53 @@ def _segment_page(
         newest=f"/segments/{segment_id}" if before is not None else None,
         notice=notice,
     )
+
+
+def _delete_page(
+    request: Request, web: WebSession, segment: Any, *, error: str | None = None, status: int = 200
+) -> Response:
+    return render(
+        request,
+        "confirm_delete.html",
+        session=web,
+        status=status,
+        nav="segments",
+        name=segment.name,
+        list_url="/segments",
+        list_label="Segments",
+        back_url=f"/segments/{segment.id}",
+        action=f"/segments/{segment.id}/delete",
+        error=error,
+        consequences=[
+            "Its memberships go with it. People, and mail already sent to its members, stay.",
+            "A segment that a campaign still uses cannot be deleted: point the campaign at "
+            "another segment first.",
+        ],
+    )
+
+
+@router.get("/segments/{segment_id}/delete")
+def delete_page(
+    segment_id: RowId, request: Request, web: CurrentSession, context: Context
+) -> Response:
+    with context.database.session() as session:
+        segment = segments.get_segment(session, web.caller, segment_id)
+        session.expunge(segment)
+    return _delete_page(request, web, segment)
+
+
+@router.post("/segments/{segment_id}/delete")
+def delete(
+    segment_id: RowId, request: Request, web: CurrentSession, form: CheckedForm, context: Context
+) -> Response:
+    with context.database.session() as session:
+        segment = segments.get_segment(session, web.caller, segment_id)
+        session.expunge(segment)
+    try:
+        with context.database.session() as session:
+            segments.delete_segment(session, web.caller, segment_id)
+    except ServiceError as refused:
+        if refused.status == 404:
+            raise
+        return _delete_page(request, web, segment, error=refused.message, status=refused.status)
+    return see_other("/segments?notice=deleted")

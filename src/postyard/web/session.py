@@ -1,12 +1,13 @@
-"""Signing in to the web UI: a signed session cookie, and CSRF tokens tied to it.
+"""Signing in to the web UI: a server-side session behind a random cookie, and CSRF tokens.
 
-The cookie holds no secret: the workspace id, the API key's id, an expiry and a
-random nonce, signed with the instance's secret box. The raw API key is used
-once, at sign-in, and never stored. Every request checks that the key still
-exists, is not revoked and is an admin key, so revoking a key ends its web
-sessions at once.
+The cookie holds only a random token; the database keeps its SHA-256 hash
+(`web_sessions`), so the raw API key is used once, at sign-in, and never stored,
+and a token read from the database is useless as a cookie. Every request looks
+the session up: signing out sets `ended_at`, so a copied cookie stops working at
+once; a session also ends at its expiry, and when its API key is revoked or is no
+longer an admin key (checked on every request, so revoking ends it at once).
 
-Each form carries a CSRF token derived from the session's nonce (and, before
+Each form carries a CSRF token derived from the session's token (and, before
 sign-in, from a nonce in a short-lived cookie of its own), checked on POST.
 Every signed value is prefixed with its purpose, so a value signed for one use
 (an unsubscribe link, say) is never accepted for another.
@@ -14,16 +15,20 @@ Every signed value is prefixed with its purpose, so a value signed for one use
 
 from __future__ import annotations
 
+import hashlib
+import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import Depends, Request, Response
-from sqlalchemy import select
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.orm import Session
 
 from postyard.api.context import AppContext, app_context
 from postyard.db.models import ApiKey, Workspace
+from postyard.db.models import WebSession as SessionRow
 from postyard.routing import Plan
 from postyard.secretbox import SecretBox
 from postyard.services.keys import Scope
@@ -34,10 +39,10 @@ SIGNIN_COOKIE = "postyard_signin"
 SESSION_SECONDS = 12 * 3600
 SIGNIN_SECONDS = 3600
 
-_SESSION = "postyard-web-session|"
 _CSRF = "postyard-web-csrf|"
 _SIGNIN_CSRF = "postyard-web-signin-csrf|"
-_VERSION = "v1"
+# What `secrets.token_urlsafe(32)` makes; anything else is not worth a query.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 class SignInRequired(Exception):
@@ -53,34 +58,6 @@ class CsrfFailed(Exception):
 
 
 @dataclass(frozen=True)
-class SessionCookie:
-    workspace_id: int
-    key_id: int
-    expires: int
-    """Unix time."""
-    nonce: str
-
-    def encode(self, box: SecretBox) -> str:
-        body = f"{_VERSION}.{self.workspace_id}.{self.key_id}.{self.expires}.{self.nonce}"
-        return f"{body}.{box.sign(_SESSION + body)}"
-
-    @classmethod
-    def decode(cls, box: SecretBox, value: str, now: datetime) -> SessionCookie | None:
-        """The cookie if it is ours, intact and unexpired; None for anything else."""
-        body, _, signature = value.rpartition(".")
-        parts = body.split(".")
-        if len(parts) != 5 or parts[0] != _VERSION or not box.verify(_SESSION + body, signature):
-            return None
-        try:
-            workspace_id, key_id, expires = int(parts[1]), int(parts[2]), int(parts[3])
-        except ValueError:
-            return None
-        if expires <= unix(now):
-            return None
-        return cls(workspace_id, key_id, expires, parts[4])
-
-
-@dataclass(frozen=True)
 class WebSession:
     """The signed-in workspace of a request, and what its pages need to show forms."""
 
@@ -89,18 +66,46 @@ class WebSession:
     csrf_token: str
 
 
-def unix(moment: datetime) -> int:
-    return int(moment.replace(tzinfo=UTC).timestamp())
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
-def new_session(caller: Caller, now: datetime) -> SessionCookie:
-    return SessionCookie(
-        caller.workspace_id, caller.key_id, unix(now) + SESSION_SECONDS, secrets.token_urlsafe(18)
+def start_session(session: Session, caller: Caller, now: datetime) -> str:
+    """Store a new session for `caller`; returns the token for the cookie (never stored).
+
+    The key's sessions that have ended or expired are removed on the way: they can
+    no longer be used, and a busy key must not pile them up.
+    """
+    session.execute(
+        delete(SessionRow).where(
+            SessionRow.api_key_id == caller.key_id,
+            or_(SessionRow.ended_at.is_not(None), SessionRow.expires_at <= now),
+        )
+    )
+    token = secrets.token_urlsafe(32)
+    session.add(
+        SessionRow(
+            token_hash=token_hash(token),
+            workspace_id=caller.workspace_id,
+            api_key_id=caller.key_id,
+            created_at=now,
+            expires_at=now + timedelta(seconds=SESSION_SECONDS),
+        )
+    )
+    return token
+
+
+def end_session(session: Session, token: str, now: datetime) -> None:
+    """Sign out: the session's cookie, wherever it was copied to, is refused from now on."""
+    session.execute(
+        update(SessionRow)
+        .where(SessionRow.token_hash == token_hash(token), SessionRow.ended_at.is_(None))
+        .values(ended_at=now)
     )
 
 
-def csrf_token(box: SecretBox, nonce: str) -> str:
-    return box.sign(_CSRF + nonce)
+def csrf_token(box: SecretBox, token: str) -> str:
+    return box.sign(_CSRF + token_hash(token))
 
 
 def signin_csrf_token(box: SecretBox, nonce: str) -> str:
@@ -134,30 +139,39 @@ def current_session(
     request: Request, context: Annotated[AppContext, Depends(app_context)]
 ) -> WebSession:
     """The request's session, checked against the database; SignInRequired without one."""
-    raw = request.cookies.get(SESSION_COOKIE)
-    if not raw:
+    token = request.cookies.get(SESSION_COOKIE)
+    if not token:
         raise SignInRequired()
-    cookie = SessionCookie.decode(context.box, raw, context.clock())
-    if cookie is None:
-        raise SignInRequired("Your session has ended. Sign in again.")
+    ended = SignInRequired("Your session has ended, or its API key was revoked. Sign in again.")
+    if not _TOKEN.fullmatch(token):
+        raise ended
     with context.database.session() as session:
         row = session.execute(
-            select(Workspace.plan, Workspace.name)
-            .join(ApiKey, ApiKey.workspace_id == Workspace.id)
+            select(
+                SessionRow.workspace_id,
+                SessionRow.api_key_id,
+                ApiKey.name,
+                Workspace.plan,
+                Workspace.name,
+            )
+            .join(Workspace, Workspace.id == SessionRow.workspace_id)
+            .join(ApiKey, ApiKey.id == SessionRow.api_key_id)
             .where(
-                ApiKey.id == cookie.key_id,
-                Workspace.id == cookie.workspace_id,
+                SessionRow.token_hash == token_hash(token),
+                SessionRow.ended_at.is_(None),
+                SessionRow.expires_at > context.clock(),
+                ApiKey.workspace_id == SessionRow.workspace_id,
                 ApiKey.revoked_at.is_(None),
                 ApiKey.scope == Scope.ADMIN.value,
             )
         ).one_or_none()
     if row is None:
-        raise SignInRequired("The API key you signed in with has been revoked. Sign in again.")
-    plan, name = row
+        raise ended
+    workspace_id, key_id, key_name, plan, name = row
     return WebSession(
-        Caller(cookie.workspace_id, Plan(plan), cookie.key_id),
+        Caller(workspace_id, Plan(plan), key_id, key_name=key_name),
         name,
-        csrf_token(context.box, cookie.nonce),
+        csrf_token(context.box, token),
     )
 
 

@@ -16,13 +16,14 @@ from starlette.concurrency import run_in_threadpool
 from postyard.api.context import AppContext, Context
 from postyard.api.fields import RowId
 from postyard.db.models import SmtpServer
-from postyard.delivery.endpoints import endpoint_for
+from postyard.delivery.endpoints import endpoint_for, host_guard
 from postyard.delivery.outbox import Letter
 from postyard.delivery.probe import Step, probe
 from postyard.routing import CampaignType, PlanLimit, Role, RuleViolation, Via
 from postyard.services import deliveries, smtp_servers
 from postyard.services.errors import ServiceError
 from postyard.services.routing_report import RoutingReport, routing_report
+from postyard.services.workspaces import update_workspace_settings
 from postyard.web.common import CheckedForm, PageRoute, render, see_other
 from postyard.web.forms import (
     ROLE_CHOICES,
@@ -68,10 +69,23 @@ class ServerRow:
     position: int
     carries: list[str]
     idle_reason: str | None
+    max_connections: int
+    rate_limit_per_second: float | None
+    max_messages_per_connection: int | None
 
     @property
     def plain(self) -> bool:
         return self.security == "none"
+
+    @property
+    def limits(self) -> list[str]:
+        """The server's limits across all workers, in words, for the table."""
+        limits = [f"{self.max_connections} connection{'s' if self.max_connections > 1 else ''}"]
+        if self.rate_limit_per_second is not None:
+            limits.append(f"{self.rate_limit_per_second:g} messages/s")
+        if self.max_messages_per_connection is not None:
+            limits.append(f"{self.max_messages_per_connection} messages per connection")
+        return limits
 
 
 @dataclass(frozen=True)
@@ -136,6 +150,9 @@ def _rows(servers: list[SmtpServer], routes: Routes) -> list[ServerRow]:
                 position=server.position,
                 carries=carries,
                 idle_reason=idle.get(server.id),
+                max_connections=server.max_connections,
+                rate_limit_per_second=server.rate_limit_per_second,
+                max_messages_per_connection=server.max_messages_per_connection,
             )
         )
     return rows
@@ -240,6 +257,15 @@ def move(
     return see_other(f"/smtp?notice=moved&server={server_id}#server-{server_id}")
 
 
+@router.post("/smtp/failover")
+def set_failover(web: CurrentSession, form: CheckedForm, context: Context) -> Response:
+    """The workspace's failover setting; registered before `/smtp/{server_id}`, which would
+    take the path for a server id."""
+    with context.database.session() as session:
+        update_workspace_settings(session, web.caller, failover=form.get("failover") == "on")
+    return see_other("/smtp#failover")
+
+
 @router.get("/smtp/new")
 def new_page(request: Request, web: CurrentSession) -> Response:
     values = {"port": "587", "security": "starttls", "max_connections": "4", "role": ""}
@@ -253,7 +279,9 @@ def add(request: Request, web: CurrentSession, form: CheckedForm, context: Conte
         return _new_form(request, web, checked, status=422)
     try:
         with context.database.session() as session:
-            server = smtp_servers.create_server(session, web.caller, fields, context.box)
+            server = smtp_servers.create_server(
+                session, web.caller, fields, context.box, guard=host_guard(context.settings)
+            )
             session.flush()
             server_id = server.id
     except (RuleViolation, ServiceError) as refused:
@@ -293,7 +321,14 @@ def edit(
         return _server_page(request, context, web, server_id, edit=checked, status=422)
     try:
         with context.database.session() as session:
-            smtp_servers.update_server(session, web.caller, server_id, changes, context.box)
+            smtp_servers.update_server(
+                session,
+                web.caller,
+                server_id,
+                changes,
+                context.box,
+                guard=host_guard(context.settings),
+            )
     except (RuleViolation, ServiceError) as refused:
         if getattr(refused, "status", None) == 404:
             raise
@@ -309,7 +344,12 @@ async def test_connection(
     def load_endpoint() -> Any:
         with context.database.session() as session:
             server = smtp_servers.get_server(session, web.caller, server_id)
-            return endpoint_for(server, context.box, context.settings.smtp_timeout_seconds)
+            return endpoint_for(
+                server,
+                context.box,
+                context.settings.smtp_timeout_seconds,
+                host_guard(context.settings),
+            )
 
     endpoint = await run_in_threadpool(load_endpoint)
     steps = await probe(endpoint, context.settings.hostname)
