@@ -5,14 +5,11 @@ limits hold across all of them."""
 from __future__ import annotations
 
 import os
-import re
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -21,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from integration_helpers import add_server
 from recording_smtp import RecordingSMTPServer, busiest_second, observed_rate
+from smtp_sink import SmtpSink
 from sqlalchemy import func, select
 from test_server_limits import queue_messages, statuses
 
@@ -29,10 +27,9 @@ from postyard.config import Settings
 from postyard.db.engine import Database
 from postyard.db.models import Delivery
 from postyard.delivery.outbox import Letter, enqueue_many
-from postyard.localsmtp import free_port
 
 WORKERS = 4
-MESSAGE_ID = re.compile(rb"^Message-ID:\s*(\S+)", re.IGNORECASE | re.MULTILINE)
+StartSink = Callable[..., SmtpSink]
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -96,52 +93,15 @@ def wait_until_sent(database: Database, count: int, timeout: float) -> None:
     raise AssertionError(f"{sent} of {count} sent after {timeout} s: {statuses(database)}")
 
 
-class DumpingSink:
-    """Postfix smtp-sink appending each message it accepts to a dump file."""
-
-    def __init__(self, path: str) -> None:
-        # smtp-sink drops to `nobody` when started as root: the directory and its parents
-        # must be open to it, which pytest's own temporary directories are not.
-        self.directory = Path(tempfile.mkdtemp(prefix="postyard-sink-"))
-        self.directory.chmod(0o777)
-        self.port = free_port()
-        command = [path, "-d", f"{self.directory}/dump", f"127.0.0.1:{self.port}", "1000"]
-        if os.geteuid() == 0:
-            command[1:1] = ["-u", "nobody"]
-        self.process = subprocess.Popen(command, stderr=subprocess.PIPE)
-        time.sleep(0.3)
-        assert self.process.poll() is None, self.process.stderr.read()  # type: ignore[union-attr]
-
-    def message_ids(self) -> list[bytes]:
-        """One file per message: smtp-sink names each after the template and a random number."""
-        return [
-            message_id
-            for dump in self.directory.glob("dump*")
-            for message_id in MESSAGE_ID.findall(dump.read_bytes())
-        ]
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-        shutil.rmtree(self.directory)
-
-
-@pytest.fixture
-def sinks(smtp_sink: str) -> Iterator[list[DumpingSink]]:
-    started = [DumpingSink(smtp_sink) for _ in range(2)]
-    yield started
-    for sink in started:
-        sink.stop()
-
-
 def test_four_worker_processes_deliver_20000_messages_each_exactly_once(
     api: TestClient,
     database: Database,
     settings: Settings,
-    sinks: list[DumpingSink],
+    start_sink: StartSink,
     tmp_path: Path,
 ) -> None:
     count = 20_000
+    sinks = [start_sink(), start_sink()]
     add_server(api, "sink-1", sinks[0].port, role="all_emails")
     add_server(api, "sink-2", sinks[1].port, role="newsletters")
     letters = [
@@ -156,9 +116,7 @@ def test_four_worker_processes_deliver_20000_messages_each_exactly_once(
     ]
     with database.session() as session:
         enqueue_many(session, api.workspace_id, letters, utcnow(), timedelta(days=1))  # type: ignore[attr-defined]
-        expected = {
-            message_id.encode() for message_id in session.scalars(select(Delivery.message_id))
-        }
+        expected = set(session.scalars(select(Delivery.message_id)))
 
     workers = start_workers(settings, tmp_path)
     try:
@@ -167,10 +125,10 @@ def test_four_worker_processes_deliver_20000_messages_each_exactly_once(
         stop_workers(workers)
 
     time.sleep(0.2)  # the sinks close their last files
-    received = [message_id for sink in sinks for message_id in sink.message_ids()]
-    assert len(received) == count
-    assert set(received) == expected
-    assert [len(sink.message_ids()) for sink in sinks] == [count // 2, count // 2]
+    taken = [sink.message_ids() for sink in sinks]
+    assert sum(sum(counts.values()) for counts in taken) == count
+    assert {message_id for counts in taken for message_id in counts} == expected
+    assert [sum(counts.values()) for counts in taken] == [count // 2, count // 2]
     assert statuses(database) == {"sent": count}
 
 

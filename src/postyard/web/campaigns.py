@@ -28,7 +28,7 @@ from postyard.services import campaigns, fanout, people, segments, smtp_servers
 from postyard.services.campaigns import CampaignSpec, Frequency, State, TriggerRequest
 from postyard.services.errors import NotFound, ServiceError
 from postyard.services.routing_report import routing_report
-from postyard.web.common import CheckedForm, PageRoute, render, see_other
+from postyard.web.common import CheckedForm, PageRoute, delete_confirmation, render, see_other
 from postyard.web.forms import Form
 from postyard.web.session import CurrentSession, WebSession
 
@@ -745,24 +745,21 @@ def _delete_page(
     error: str | None = None,
     status: int = 200,
 ) -> Response:
-    return render(
+    return delete_confirmation(
         request,
-        "confirm_delete.html",
-        session=web,
-        status=status,
-        nav="campaigns",
+        web,
+        section="campaigns",
+        label="Campaigns",
+        object_id=campaign.id,
         name=campaign.name,
-        list_url="/campaigns",
-        list_label="Campaigns",
-        back_url=f"/campaigns/{campaign.id}",
-        action=f"/campaigns/{campaign.id}/delete",
-        error=error,
         consequences=[
             "Its messages still waiting to be sent are cancelled; those already sent keep "
             "their record in the deliveries log.",
             "While a newsletter's send or a broadcast's trigger is queueing its messages, "
             "the campaign cannot be deleted: wait until it is done.",
         ],
+        error=error,
+        status=status,
     )
 
 

@@ -178,3 +178,33 @@ def checked_form(session: CurrentSession, form: Posted) -> dict[str, str]:
 
 
 CheckedForm = Annotated[dict[str, str], Depends(checked_form)]
+
+
+def delete_confirmation(
+    request: Request,
+    web: WebSession,
+    *,
+    section: str,
+    label: str,
+    object_id: int,
+    name: str,
+    consequences: list[str],
+    error: str | None = None,
+    status: int = 200,
+) -> Response:
+    """The page that asks before deleting a campaign or a segment, saying what goes and what
+    stays, and why a refused delete was refused."""
+    return render(
+        request,
+        "confirm_delete.html",
+        session=web,
+        status=status,
+        nav=section,
+        name=name,
+        list_url=f"/{section}",
+        list_label=label,
+        back_url=f"/{section}/{object_id}",
+        action=f"/{section}/{object_id}/delete",
+        error=error,
+        consequences=consequences,
+    )

@@ -29,7 +29,14 @@ from postyard.api.people import check_json
 from postyard.conditions import Operator
 from postyard.services import segments
 from postyard.services.errors import ServiceError
-from postyard.web.common import HEADERS, CheckedForm, PageRoute, render, see_other
+from postyard.web.common import (
+    HEADERS,
+    CheckedForm,
+    PageRoute,
+    delete_confirmation,
+    render,
+    see_other,
+)
 from postyard.web.forms import Form
 from postyard.web.session import CurrentSession, WebSession
 
@@ -364,23 +371,20 @@ def _segment_page(
 def _delete_page(
     request: Request, web: WebSession, segment: Any, *, error: str | None = None, status: int = 200
 ) -> Response:
-    return render(
+    return delete_confirmation(
         request,
-        "confirm_delete.html",
-        session=web,
-        status=status,
-        nav="segments",
+        web,
+        section="segments",
+        label="Segments",
+        object_id=segment.id,
         name=segment.name,
-        list_url="/segments",
-        list_label="Segments",
-        back_url=f"/segments/{segment.id}",
-        action=f"/segments/{segment.id}/delete",
-        error=error,
         consequences=[
             "Its memberships go with it. People, and mail already sent to its members, stay.",
             "A segment that a campaign still uses cannot be deleted: point the campaign at "
             "another segment first.",
         ],
+        error=error,
+        status=status,
     )
 
 
