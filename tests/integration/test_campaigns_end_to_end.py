@@ -716,15 +716,19 @@ def test_a_send_that_died_is_resumed_after_its_lease_from_where_it_stopped(
         return real_enqueue(*args)
 
     monkeypatch.setattr(fanout, "enqueue", dies_in_the_second_batch)
-    short_lease = Settings(**{**settings.__dict__, "lease_seconds": 0.5})
+    # Long enough to check within it on a busy machine, short enough to wait out.
+    lease = 2.0
+    short_lease = Settings(**{**settings.__dict__, "lease_seconds": lease})
     runtime = Runtime(short_lease, secret_box(settings))
     with pytest.raises(RuntimeError):
         Jobs(database, runtime, batch_size=2).run_due()
+    died_at = time.monotonic()
     monkeypatch.setattr(fanout, "enqueue", real_enqueue)
 
     assert len(deliveries(api, newsletter_id)) == 2
     assert Jobs(database, runtime, batch_size=2).run_due() == 0  # the lease still holds
-    time.sleep(0.6)
+    assert time.monotonic() - died_at < lease, "too slow to check within the lease; raise it"
+    time.sleep(lease + 0.1)
     assert Jobs(database, runtime, batch_size=2).run_due() == 1
     deliver()
 
