@@ -469,3 +469,21 @@ def test_the_overviews_day_is_read_through_its_index(web: Browserless, database:
     described = " ".join(str(row) for row in plan)
     assert "ix_deliveries_workspace_sent" in described, described
     assert "sent_at <" in statement.replace('"', "").replace("deliveries.", "")
+
+
+def test_the_deliveries_log_filters_by_campaign_and_refuses_another_workspaces(
+    web: Browserless, database: Database, make_web: WebFactory
+) -> None:
+    campaign_id = create_newsletter(web)
+    queue_for(database, web.workspace_id, campaign_id)
+    queue_for(database, web.workspace_id)
+    assert web.get("/deliveries").text.count("data-delivery=") == 2
+
+    page = web.get(f"/deliveries?campaign={campaign_id}")
+    assert page.text.count("data-delivery=") == 1
+    assert f'<option value="{campaign_id}" selected>' in page.text
+
+    other = make_web()
+    refused = other.get(f"/deliveries?campaign={campaign_id}")
+    assert refused.status_code == 422
+    assert "Choose a campaign from the list." in refused.text

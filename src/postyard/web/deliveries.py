@@ -15,7 +15,7 @@ from postyard.api.fields import RowId
 from postyard.db.models import Delivery, DeliveryAttempt
 from postyard.delivery.policy import Status
 from postyard.routing import CampaignType, Via
-from postyard.services import deliveries, smtp_servers
+from postyard.services import campaigns, deliveries, smtp_servers
 from postyard.services.deliveries import DeliveryFilter
 from postyard.services.route_reasons import RouteReasons
 from postyard.web.common import PageRoute, render
@@ -55,14 +55,26 @@ def _names(context: AppContext, web: WebSession) -> ServerNames:
     return ServerNames({server.id: server.name for server in servers})
 
 
-def _filters(request: Request, names: ServerNames) -> tuple[dict[str, str], dict[str, str]]:
+def _campaign_names(context: AppContext, web: WebSession) -> dict[str, str]:
+    with context.database.session() as session:
+        return {
+            str(campaign.id): campaign.name
+            for campaign in campaigns.list_campaigns(session, web.caller)
+        }
+
+
+def _filters(
+    request: Request, names: ServerNames, campaign_names: dict[str, str]
+) -> tuple[dict[str, str], dict[str, str]]:
     """The filter form's values as typed, and a problem per field that cannot be used."""
     query = request.query_params
     values = {
         name: query.get(name, "").strip()
-        for name in ("campaign_type", "server", "status", "address", "before")
+        for name in ("campaign", "campaign_type", "server", "status", "address", "before")
     }
     errors: dict[str, str] = {}
+    if values["campaign"] and values["campaign"] not in campaign_names:
+        errors["campaign"] = "Choose a campaign from the list."
     if values["campaign_type"] and values["campaign_type"] not in TYPE_CHOICES:
         errors["campaign_type"] = "Choose a campaign type from the list."
     if values["status"] and values["status"] not in STATUS_CHOICES:
@@ -81,12 +93,14 @@ def _filters(request: Request, names: ServerNames) -> tuple[dict[str, str], dict
 @router.get("/deliveries")
 def log_page(request: Request, web: CurrentSession, context: Context) -> Response:
     names = _names(context, web)
-    values, errors = _filters(request, names)
+    campaign_names = _campaign_names(context, web)
+    values, errors = _filters(request, names, campaign_names)
     rows: list[Delivery] = []
     next_cursor = None
     if not errors:
         server = values["server"]
         where = DeliveryFilter(
+            campaign_id=int(values["campaign"]) if values["campaign"] else None,
             status=Status(values["status"]) if values["status"] else None,
             campaign_type=values["campaign_type"] or None,
             smtp_server_id=int(server) if server else None,
@@ -111,6 +125,7 @@ def log_page(request: Request, web: CurrentSession, context: Context) -> Respons
         if next_cursor
         else None,
         newest=f"/deliveries?{urlencode(filters)}" if values["before"] else None,
+        campaign_choices=campaign_names,
         type_choices=TYPE_CHOICES,
         status_choices=STATUS_CHOICES,
         server_choices={str(i): n for i, n in names.names.items()},
