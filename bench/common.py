@@ -455,10 +455,14 @@ def serve_environment(database_url: str, workdir: Path, **settings: str) -> dict
 
 @contextmanager
 def postyard_serve(
-    env: Mapping[str, str], workdir: Path, plan: str = "standard", timeout: float = 60
+    env: Mapping[str, str],
+    workdir: Path,
+    plan: str = "standard",
+    timeout: float = 60,
+    serve_args: Sequence[str] = (),
 ) -> Iterator[Serve]:
-    """`postyard workspace create --json`, then `postyard serve` on a free port, waited for
-    until it answers; stopped cleanly (SIGINT) whatever happens."""
+    """`postyard workspace create --json`, then `postyard serve [serve_args]` on a free port,
+    waited for until it answers; stopped cleanly (SIGINT) whatever happens."""
     if not POSTYARD.exists():
         raise BenchError(f"{POSTYARD} not found: install the project (make install)")
     created = subprocess.run(
@@ -476,7 +480,7 @@ def postyard_serve(
     log_path = workdir / "serve.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(POSTYARD), "serve", "--host", LOCALHOST, "--port", str(port)],
+            [str(POSTYARD), "serve", "--host", LOCALHOST, "--port", str(port), *serve_args],
             env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -138,9 +138,11 @@ def _status_mb(pid: int, field: str) -> float:
 
 @contextmanager
 def py_spy(pid: int, path: Path) -> Iterator[None]:
-    """Samples `postyard serve` (all threads, idle time left out) into collapsed stacks."""
+    """Samples `postyard serve` and its worker processes (all threads, idle time left out)
+    into collapsed stacks."""
     command = [str(REPO_DIR / ".venv" / "bin" / "py-spy"), "record", "--pid", str(pid)]
-    command += ["--format", "raw", "--threads", "--rate", "200", "--output", str(path)]
+    command += ["--format", "raw", "--threads", "--subprocesses", "--rate", "200"]
+    command += ["--output", str(path)]
     try:
         profiler = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     except FileNotFoundError:
@@ -223,7 +225,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sinks = [start_sink(workdir, index, stack) for index in (1, 2)]
         db = stack.enter_context(bench_database(args.database_url, workdir))
         env = serve_environment(db.url, workdir, **_serve_settings(args))
-        serve = stack.enter_context(postyard_serve(env, workdir, plan="premium"))
+        serve = stack.enter_context(
+            postyard_serve(
+                env, workdir, plan="premium", serve_args=("--workers", str(args.serve_workers))
+            )
+        )
         client = stack.enter_context(
             httpx.Client(base_url=serve.base_url, headers=serve.headers, timeout=120)
         )
@@ -268,6 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "people": args.people,
         "template_size": args.size,
         "max_connections": args.max_connections or 4,
+        "serve_workers": args.serve_workers,
         "setup_seconds": round(setup_seconds, 2),
         "seconds": round(seconds, 3),
         "msgs_per_s": round(rate, 1),
@@ -312,6 +319,7 @@ def summary(r: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = [
         ("database", f"{r['database']['backend']} {r['database']['version']}"),
         ("people", f"{r['people']:,} (set-up through the API {r['setup_seconds']:.0f} s)"),
+        ("serve --workers", str(r.get("serve_workers", 0))),
         ("send to all accepted", f"{r['seconds']:.1f} s"),
         ("Postyard", f"{r['msgs_per_s']:,.0f} msg/s"),
         (
@@ -355,6 +363,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--max-connections", type=int, help="per server (Postyard's default 4)")
     parser.add_argument("--batch-size", type=int, help="worker batch (Postyard's default)")
+    parser.add_argument(
+        "--serve-workers",
+        type=int,
+        default=0,
+        help="postyard serve --workers N: delivery in N processes of their own (0)",
+    )
     parser.add_argument("--source-sessions", type=int, default=10, help="smtp-source -s (10)")
     parser.add_argument("--profile", type=Path, help="py-spy collapsed stacks of serve to FILE")
     parser.add_argument("--timeout", type=float, default=3600, help="give up after (s)")

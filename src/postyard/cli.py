@@ -89,9 +89,20 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8025,
     grace: Annotated[float, typer.Option(min=0, help=GRACE_HELP)] = 20.0,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help=(
+                "Delivery worker processes to start beside the server. 0: one process "
+                "delivers, with the API, web UI and jobs. On a machine with more cores, 1 or "
+                "more lets a large send's fan-out and its delivery run at once."
+            ),
+        ),
+    ] = 0,
 ) -> None:
-    """Run the API, the web UI and a delivery worker in one process; GET /metrics shows the
-    worker's counters."""
+    """Run the API, the web UI, the jobs and delivery. GET /metrics shows the queue, and the
+    delivery counters when delivery runs in this process (without --workers)."""
     import uvicorn
 
     from postyard.api.app import create_app
@@ -101,7 +112,7 @@ def serve(
     upgrade(settings.database_url)
     # uvicorn turns SIGTERM into the app's shutdown, which stops the worker gracefully.
     uvicorn.run(
-        create_app(settings, run_worker=True, grace_seconds=grace),
+        create_app(settings, run_worker=True, grace_seconds=grace, worker_processes=workers),
         host=host,
         port=port,
         loop="uvloop",  # as `worker`: less CPU per SMTP transaction than asyncio's loop
@@ -119,12 +130,22 @@ def worker(
     metrics_host: Annotated[
         str, typer.Option(help="Address the metrics port listens on.")
     ] = "127.0.0.1",
+    supervised: Annotated[
+        bool,
+        typer.Option(
+            help=(
+                "Run as a worker of `postyard serve --workers`: deliver only (serve runs the "
+                "jobs), wake on a line on standard input, stop when standard input closes."
+            )
+        ),
+    ] = False,
 ) -> None:
     """Run a delivery worker and the background jobs (newsletter sends, broadcast triggers,
     time-window segments); start as many as the load needs. SIGTERM stops it gracefully."""
     import uvloop
 
     from postyard.delivery import outbox
+    from postyard.delivery.processes import listen_to_supervisor
     from postyard.delivery.worker import Worker
     from postyard.metrics import Metrics
     from postyard.secretbox import secret_box
@@ -143,7 +164,9 @@ def worker(
             log.info("%s received: stopping", signal.Signals(signum).name)
             stop.set()
 
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        if supervised:  # Ctrl+C reaches serve and its workers alike: serve stops them
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for signum in (signal.SIGTERM,) if supervised else (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, on_signal, signum)
         database = Database(settings.database_url)
         box = secret_box(settings)
@@ -157,11 +180,13 @@ def worker(
             log.info("metrics on http://%s:%s/metrics", metrics_host, metrics_port)
         delivery = Worker(database, settings, box=box, metrics=metrics, grace_seconds=grace)
         forget = outbox.when_due(database.engine, delivery.wake)
+        work = [delivery.run(stop)]
+        if supervised:
+            listen_to_supervisor(loop, delivery.wake, stop.set)
+        else:
+            work.append(Jobs(database, Runtime(settings, box)).run(stop))
         try:
-            await asyncio.gather(
-                delivery.run(stop),
-                Jobs(database, Runtime(settings, box)).run(stop),
-            )
+            await asyncio.gather(*work)
         finally:
             forget()
             if exporter is not None:

@@ -92,6 +92,25 @@ class Settings:
                 values[setting.name] = _parse_setting(setting, name, raw, defaults)
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """The `POSTYARD_*` variables that `from_env` reads back as these settings: how
+        `postyard serve --workers` hands its own settings to the processes it starts."""
+        env = {}
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            if value is None:
+                continue
+            env[f"POSTYARD_{setting.name.upper()}"] = _format(value)
+        return env
+
+
+def _format(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
 
 def _parse_setting(setting: Field[Any], name: str, raw: str, defaults: Settings) -> object:
     list_of = setting.metadata.get("list_of")

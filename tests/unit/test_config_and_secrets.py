@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import stat
+from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,26 @@ def test_from_env_reads_every_postyard_variable() -> None:
         max_request_bytes=2048,
         hostname="worker-7",
     )
+
+
+def test_to_env_gives_variables_that_read_back_as_the_same_settings() -> None:
+    """How `postyard serve --workers` hands its settings to its worker processes."""
+    settings = Settings(
+        database_url="postgresql+psycopg://u:pw@db/postyard",
+        secret_keys="new-key,old-key",
+        secret_key_file=Path("/var/lib/postyard/key"),
+        default_smtp_url="smtp://relay.example.com:25",
+        public_url="https://mail.example.com",
+        retry_base_seconds=2.5,
+        worker_batch_size=50,
+        api_rate_limit_per_minute=0,
+        hostname="worker-7",
+        multi_tenant=True,
+        smtp_allowed_networks=(ip_network("10.1.0.0/16"), ip_network("fd00::/8")),
+        smtp_allowed_ports=(25, 587),
+    )
+    assert Settings.from_env(settings.to_env()) == settings
+    assert Settings.from_env(Settings().to_env()) == Settings()
 
 
 def test_from_env_keeps_the_types_of_the_defaults() -> None:

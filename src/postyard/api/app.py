@@ -28,6 +28,7 @@ from postyard.api.limits import BodySizeLimit
 from postyard.config import Settings
 from postyard.db.engine import Database
 from postyard.delivery import outbox
+from postyard.delivery.processes import WorkerProcesses
 from postyard.delivery.worker import DEFAULT_GRACE_SECONDS, Worker
 from postyard.metrics import Metrics
 from postyard.secretbox import secret_box
@@ -41,11 +42,13 @@ def create_app(
     *,
     run_worker: bool = False,
     grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    worker_processes: int = 0,
 ) -> FastAPI:
-    """The app; with `run_worker`, a delivery worker and the jobs run beside it, feeding the
-    app's own metrics, and on shutdown in-flight SMTP transactions get `grace_seconds`.
-    Mail this process queues (API requests, jobs) wakes the worker at once; mail queued by
-    other processes is found by its poll."""
+    """The app; with `run_worker`, delivery and the jobs run beside it, and on shutdown
+    in-flight SMTP transactions get `grace_seconds`. Delivery is a worker in this process,
+    feeding the app's own metrics, or `worker_processes` processes of their own. Mail this
+    process queues (API requests, jobs) wakes the worker(s) at once; mail queued by other
+    processes is found by their poll."""
     database = database or Database(settings.database_url)
     context = AppContext(settings=settings, database=database, box=secret_box(settings))
     app_metrics = Metrics().watch_queue(database, context.clock)
@@ -56,12 +59,20 @@ def create_app(
             yield
             return
         stop = asyncio.Event()
-        worker = Worker(
-            database, settings, box=context.box, metrics=app_metrics, grace_seconds=grace_seconds
-        )
-        forget_wakeup = outbox.when_due(database.engine, worker.wake)
+        delivery: Worker | WorkerProcesses
+        if worker_processes:
+            delivery = WorkerProcesses(worker_processes, settings, grace_seconds)
+        else:
+            delivery = Worker(
+                database,
+                settings,
+                box=context.box,
+                metrics=app_metrics,
+                grace_seconds=grace_seconds,
+            )
+        forget_wakeup = outbox.when_due(database.engine, delivery.wake)
         tasks = [
-            asyncio.create_task(worker.run(stop), name="delivery-worker"),
+            asyncio.create_task(delivery.run(stop), name="delivery"),
             asyncio.create_task(Jobs(database, context.runtime).run(stop), name="jobs"),
         ]
         try:
