@@ -62,6 +62,7 @@ from postyard.db.migrate import upgrade
 from postyard.db.models import ApiKey, Delivery
 from postyard.routing import Plan
 from postyard.secretbox import secret_box
+from postyard.services.runtime import Runtime
 from postyard.services.smtp_servers import Security, ServerFields, create_server
 from postyard.services.workspaces import Caller, create_workspace
 
@@ -125,7 +126,7 @@ class Run:
                 security=Security.NONE,
                 max_connections=self.args.max_connections,
             )
-            create_server(session, caller, fields, secret_box(settings))
+            create_server(session, caller, fields, Runtime(settings, secret_box(settings)))
         return created.workspace_id
 
     def start_sink(self, *options: str) -> SmtpSink:

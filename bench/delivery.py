@@ -87,6 +87,7 @@ from postyard.delivery.policy import Status
 from postyard.delivery.worker import Worker
 from postyard.routing import SERVING_ROLE, CampaignType, Plan, Role
 from postyard.secretbox import secret_box
+from postyard.services.runtime import Runtime
 from postyard.services.smtp_servers import Security, ServerFields, create_server
 from postyard.services.workspaces import Caller, create_workspace
 
@@ -277,7 +278,7 @@ def set_up_workspace(
             select(ApiKey.id).where(ApiKey.workspace_id == created.workspace_id)
         )
         caller = Caller(created.workspace_id, Plan.PREMIUM, key_id or 0)
-        box = secret_box(settings)
+        runtime = Runtime(settings, secret_box(settings))
         server_ids = []
         for index, (role, sink) in enumerate(zip(traffic.roles, sinks, strict=True), start=1):
             server = create_server(
@@ -291,7 +292,7 @@ def set_up_workspace(
                     role=role,
                     max_connections=max_connections,
                 ),
-                box,
+                runtime,
             )
             server_ids.append(server.id)
     return created.workspace_id, server_ids

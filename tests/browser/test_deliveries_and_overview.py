@@ -15,6 +15,7 @@ from tests.browser.conftest import Workspace, expect
 from tests.conftest import SECRET_KEY
 
 from postyard.clock import utcnow
+from postyard.config import Settings
 from postyard.db.engine import Database
 from postyard.db.models import Delivery
 from postyard.delivery.policy import Status
@@ -23,6 +24,7 @@ from postyard.routing import Plan, Role, Via
 from postyard.secretbox import SecretBox
 from postyard.services import smtp_servers
 from postyard.services.overview import floor_hour
+from postyard.services.runtime import Runtime
 from postyard.services.smtp_servers import Security, ServerFields
 from postyard.services.workspaces import Caller
 
@@ -40,6 +42,12 @@ ROLES = {
 }
 
 
+def _runtime(database: Database) -> Runtime:
+    return Runtime(
+        Settings(database_url=database.url, secret_key=SECRET_KEY), SecretBox(SECRET_KEY)
+    )
+
+
 def configure_example(
     database: Database, workspace: Workspace, smtp: dict[str, LocalSMTPServer]
 ) -> dict[str, int]:
@@ -51,7 +59,7 @@ def configure_example(
             fields = ServerFields(
                 name=name, host="127.0.0.1", port=smtp[name].port, security=Security.NONE, role=role
             )
-            server = smtp_servers.create_server(session, caller, fields, SecretBox(SECRET_KEY))
+            server = smtp_servers.create_server(session, caller, fields, _runtime(database))
             session.flush()
             ids[name] = server.id
     return ids
@@ -217,12 +225,12 @@ def test_a_delivery_page_lists_each_attempt_with_its_server_and_reply(
     the next attempt sends it, and the page lists both attempts."""
     page = signed_in
     caller = Caller(workspace.id, Plan.PREMIUM, 0)
-    box = SecretBox(SECRET_KEY)
+    runtime = _runtime(ui_database)
     with ui_database.session() as session:
         fields = ServerFields(
             name="smtp-main", host="127.0.0.1", port=free_port(), security=Security.NONE
         )
-        server = smtp_servers.create_server(session, caller, fields, box)
+        server = smtp_servers.create_server(session, caller, fields, runtime)
         session.flush()
         server_id = server.id
     run = uuid.uuid4().hex[:8]
@@ -238,7 +246,7 @@ def test_a_delivery_page_lists_each_attempt_with_its_server_and_reply(
 
     with ui_database.session() as session:
         smtp_servers.update_server(
-            session, caller, server_id, {"port": smtp["smtp-main"].port}, box
+            session, caller, server_id, {"port": smtp["smtp-main"].port}, runtime
         )
     deadline = time.monotonic() + 15
     while wait_until_done(page) != "sent" and time.monotonic() < deadline:

@@ -14,12 +14,14 @@ from tests.browser.conftest import Workspace, expect
 from tests.conftest import SECRET_KEY
 
 from postyard.clock import utcnow
+from postyard.config import Settings
 from postyard.db.engine import Database
 from postyard.db.models import ApiKey, SmtpServer
 from postyard.delivery.outbox import Letter, enqueue
 from postyard.routing import Plan, Role
 from postyard.secretbox import SecretBox
 from postyard.services import smtp_servers
+from postyard.services.runtime import Runtime
 from postyard.services.smtp_servers import Security, ServerFields
 from postyard.services.workspaces import Caller
 
@@ -33,12 +35,18 @@ UNLABELLED = """() => [...document.querySelectorAll(
   .map(el => el.outerHTML)"""
 
 
+def _runtime(database: Database) -> Runtime:
+    return Runtime(
+        Settings(database_url=database.url, secret_key=SECRET_KEY), SecretBox(SECRET_KEY)
+    )
+
+
 def add_server(database: Database, workspace: Workspace, name: str, **fields: Any) -> int:
     caller = Caller(workspace.id, Plan.PREMIUM, 0)
     values = {"host": "127.0.0.1", "port": 2525, "security": Security.NONE, **fields}
     with database.session() as session:
         server = smtp_servers.create_server(
-            session, caller, ServerFields(name=name, **values), SecretBox(SECRET_KEY)
+            session, caller, ServerFields(name=name, **values), _runtime(database)
         )
         session.flush()
         return server.id

@@ -92,11 +92,17 @@ def subjects(smtp: LocalSMTPServer) -> list[str]:
 
 
 def run_once(database: Database, settings: Settings, **overrides: Any) -> int:
-    """One claim-send-record round of a real worker; returns how many deliveries it took.
+    """One claim-send-record round of a new real worker; returns how many deliveries it took.
 
     For outcomes that `deliver` would wait on forever (a message deferred again and again).
     """
-    worker = Worker(database, Settings(**{**settings.__dict__, **overrides}))
+    return run_round(Worker(database, Settings(**{**settings.__dict__, **overrides})))
+
+
+def run_round(worker: Worker) -> int:
+    """One claim-send-record round of `worker`, which keeps its own memory (servers marked
+    down) between rounds. Each round has an event loop of its own, so its connections are
+    closed before the loop ends."""
 
     async def once() -> int:
         try:

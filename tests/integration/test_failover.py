@@ -5,14 +5,13 @@ to it. A 5xx about the message is no outage, and with failover off mail waits as
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from integration_helpers import add_local, delivery, queue, run_once, subjects
+from integration_helpers import add_local, delivery, queue, run_once, run_round, subjects
 
 from postyard.config import Settings
 from postyard.db.engine import Database
@@ -43,24 +42,12 @@ def reachability(api: TestClient, server_id: int) -> dict[str, Any]:
     return next(line for line in routing(api)["servers"] if line["smtp_server_id"] == server_id)
 
 
-def step(worker: Worker) -> int:
-    """One claim-send-record round of `worker`, which keeps its own memory between rounds."""
-
-    async def once() -> int:
-        try:
-            return await worker.run_once()
-        finally:
-            await worker.pools.close()
-
-    return asyncio.run(once())
-
-
 def until(condition: Callable[[], bool], worker: Worker, timeout: float = 15.0) -> None:
     """Run worker rounds until `condition` holds; the timeout only bounds a broken run."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
-        step(worker)
+        run_round(worker)
         time.sleep(0.02)
 
 
@@ -113,7 +100,7 @@ def test_newsletters_fail_over_while_their_server_is_down_and_return_when_it_is_
     worker = Worker(database, settings)
 
     first = queue(api, "newsletter")["id"]
-    step(worker)  # refused: deferred, and the server is marked down
+    run_round(worker)  # refused: deferred, and the server is marked down
     assert delivery(api, first)["status"] == "deferred"
     down = reachability(api, server_ids["smtp-news"])
     assert down["reachable"] is False and down["unreachable_since"] is not None
@@ -134,7 +121,7 @@ def test_newsletters_fail_over_while_their_server_is_down_and_return_when_it_is_
         record = delivery(api, queue(api, "newsletter")["id"])
         if record["status"] == "sent" and record["smtp_server_id"] == server_ids["smtp-news"]:
             sent_to_news.append(record["id"])
-        step(worker)
+        run_round(worker)
         return bool(news.messages)
 
     until(a_newsletter_reaches_its_own_server, worker)

@@ -136,9 +136,7 @@ def create_server(body: ServerCreate, caller: CurrentCaller, context: Context) -
         password=body.password.get_secret_value() if body.password else None,
     )
     with context.database.session() as session:
-        server = smtp_servers.create_server(
-            session, caller, fields, context.box, guard=host_guard(context.settings)
-        )
+        server = smtp_servers.create_server(session, caller, fields, context.runtime)
         session.flush()
         session.refresh(server)
         return ServerOut.of(server)
@@ -168,8 +166,7 @@ def update_server(
             caller,
             server_id,
             body.changes(),
-            context.box,
-            guard=host_guard(context.settings),
+            context.runtime,
         )
         session.flush()
         session.refresh(server)

@@ -1,7 +1,8 @@
 """Configuring a workspace's custom SMTP servers under the routing rules.
 
 Every change is checked against `postyard.routing` on the state the workspace
-would have afterwards; a refused change raises before anything is written.
+would have afterwards; a refused change raises before anything is written. The host
+check, which may resolve a name, runs before the workspace lock is taken.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from postyard import routing
 from postyard.clock import utcnow
 from postyard.db.models import SmtpServer
 from postyard.delivery import outbox
-from postyard.delivery.endpoints import HostGuard, HostNotAllowed
+from postyard.delivery.endpoints import HostNotAllowed, host_guard
 from postyard.routing import Role
-from postyard.secretbox import SecretBox
 from postyard.services import audit
 from postyard.services.audit import Action, ObjectType
 from postyard.services.errors import Conflict, InvalidInput, NotFound
+from postyard.services.runtime import Runtime
 from postyard.services.workspaces import Caller, lock_workspace
 
 
@@ -65,7 +66,7 @@ def list_servers(session: Session, caller: Caller) -> list[SmtpServer]:
 def get_server(session: Session, caller: Caller, server_id: int) -> SmtpServer:
     server = session.get(SmtpServer, server_id)
     if server is None or server.workspace_id != caller.workspace_id:
-        raise NotFound(f"No SMTP server with id {server_id} in this workspace.")
+        raise _not_found(server_id)
     return server
 
 
@@ -77,11 +78,9 @@ def create_server(
     session: Session,
     caller: Caller,
     fields: ServerFields,
-    box: SecretBox,
-    *,
-    guard: HostGuard | None = None,
+    runtime: Runtime,
 ) -> SmtpServer:
-    _check_host_allowed(guard, fields.host, fields.port)
+    _check_host_allowed(runtime, fields.host, fields.port)
     lock_workspace(session, caller.workspace_id)
     existing = list_servers(session, caller)
     routing.check_plan_allows_another(caller.plan, len(existing))
@@ -95,7 +94,7 @@ def create_server(
         port=fields.port,
         security=fields.security.value,
         username=fields.username,
-        password_encrypted=box.encrypt(fields.password) if fields.password else None,
+        password_encrypted=runtime.box.encrypt(fields.password) if fields.password else None,
         ca_bundle=fields.ca_bundle,
         role=role.value,
         position=len(existing) + 1,
@@ -121,17 +120,13 @@ def update_server(
     caller: Caller,
     server_id: int,
     changes: Mapping[str, Any],
-    box: SecretBox,
-    *,
-    guard: HostGuard | None = None,
+    runtime: Runtime,
 ) -> SmtpServer:
     """Apply the fields present in `changes`; a `None` password clears the stored one."""
+    if "host" in changes or "port" in changes:
+        _check_host_change(session, caller, server_id, changes, runtime)
     lock_workspace(session, caller.workspace_id)
     server = get_server(session, caller, server_id)
-    if "host" in changes or "port" in changes:
-        _check_host_allowed(
-            guard, changes.get("host", server.host), changes.get("port", server.port)
-        )
     servers = list_servers(session, caller)
     others = [s for s in servers if s.id != server.id]
     before, positions = audit.snapshot(server), _positions(others)
@@ -144,7 +139,7 @@ def update_server(
         _check_ca_bundle(changes["ca_bundle"])
     if "password" in changes:
         password = changes["password"]
-        server.password_encrypted = box.encrypt(password) if password else None
+        server.password_encrypted = runtime.box.encrypt(password) if password else None
     for field in (
         "name",
         "host",
@@ -231,11 +226,33 @@ def _check_name_free(servers: list[SmtpServer], name: str) -> None:
         )
 
 
-def _check_host_allowed(guard: HostGuard | None, host: str, port: int) -> None:
-    if guard is None:
-        return
+def _not_found(server_id: int) -> NotFound:
+    return NotFound(f"No SMTP server with id {server_id} in this workspace.")
+
+
+def _check_host_change(
+    session: Session, caller: Caller, server_id: int, changes: Mapping[str, Any], runtime: Runtime
+) -> None:
+    """Check the host and port a server would have, before the workspace lock: the check may
+    resolve a name, and nobody should wait on DNS for the lock. Reads columns, not the row,
+    so the server loaded under the lock is current. A concurrent change to the field not in
+    `changes` is no gap: the policy judges the port and the host's addresses separately, and
+    that change was checked by its own request."""
+    stored = session.execute(
+        select(SmtpServer.host, SmtpServer.port).where(
+            SmtpServer.id == server_id, SmtpServer.workspace_id == caller.workspace_id
+        )
+    ).one_or_none()
+    if stored is None:
+        raise _not_found(server_id)
+    _check_host_allowed(runtime, changes.get("host", stored.host), changes.get("port", stored.port))
+
+
+def _check_host_allowed(runtime: Runtime, host: str, port: int) -> None:
+    """Refuse a host the instance's policy forbids; the guard is built here, from the
+    settings, so that no caller can configure a server without it."""
     try:
-        guard.check(host, port)
+        host_guard(runtime.settings).check(host, port)
     except HostNotAllowed as refusal:
         raise InvalidInput(
             f"This instance may not connect to that SMTP server: {refusal}.",

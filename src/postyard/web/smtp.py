@@ -230,7 +230,7 @@ def change_role(
     try:
         with context.database.session() as session:
             smtp_servers.update_server(
-                session, web.caller, server_id, {"role": Role(role)}, context.box
+                session, web.caller, server_id, {"role": Role(role)}, context.runtime
             )
     except RuleViolation as refused:
         message = f"Not changed: {refused.message}"
@@ -252,7 +252,7 @@ def move(
             position = min(max(server.position + step, 1), count)
             if position != server.position:
                 smtp_servers.update_server(
-                    session, web.caller, server_id, {"position": position}, context.box
+                    session, web.caller, server_id, {"position": position}, context.runtime
                 )
     return see_other(f"/smtp?notice=moved&server={server_id}#server-{server_id}")
 
@@ -279,9 +279,7 @@ def add(request: Request, web: CurrentSession, form: CheckedForm, context: Conte
         return _new_form(request, web, checked, status=422)
     try:
         with context.database.session() as session:
-            server = smtp_servers.create_server(
-                session, web.caller, fields, context.box, guard=host_guard(context.settings)
-            )
+            server = smtp_servers.create_server(session, web.caller, fields, context.runtime)
             session.flush()
             server_id = server.id
     except (RuleViolation, ServiceError) as refused:
@@ -326,8 +324,7 @@ def edit(
                 web.caller,
                 server_id,
                 changes,
-                context.box,
-                guard=host_guard(context.settings),
+                context.runtime,
             )
     except (RuleViolation, ServiceError) as refused:
         if getattr(refused, "status", None) == 404:
