@@ -7,7 +7,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from functools import lru_cache
@@ -63,7 +63,10 @@ def enqueue_many(
     lifetime: timedelta,
 ) -> list[int]:
     """Queue messages in one statement; addresses on the suppression list are recorded as such."""
-    return _insert(session, workspace_id, letters, now, lifetime)[0]
+    if not letters:
+        return []
+    rows = _rows(session, workspace_id, letters, now, lifetime)
+    return list(session.scalars(insert(Delivery).returning(Delivery.id), rows))
 
 
 def enqueue_counted(
@@ -73,28 +76,29 @@ def enqueue_counted(
     now: datetime,
     lifetime: timedelta,
 ) -> Counter[Status]:
-    """`enqueue_many` for callers that count outcomes: how many rows went in with each
-    status, known from the rows written rather than read back."""
-    return Counter(_insert(session, workspace_id, letters, now, lifetime)[1])
+    """`enqueue_many` for callers that count outcomes (a newsletter's fan-out): how many rows
+    went in with each status, known from the rows written. Without the new ids to read back,
+    the rows go in as a plain executemany, the cheapest insert there is."""
+    if not letters:
+        return Counter()
+    rows = _rows(session, workspace_id, letters, now, lifetime)
+    session.execute(insert(Delivery.__table__), rows)
+    return Counter(row["status"] for row in rows)
 
 
-def _insert(
+def _rows(
     session: Session,
     workspace_id: int,
     letters: Sequence[Letter],
     now: datetime,
     lifetime: timedelta,
-) -> tuple[list[int], list[Status]]:
-    """The new rows' ids, and their statuses (in the letters' order, not the ids')."""
-    if not letters:
-        return [], []
+) -> list[dict[str, object]]:
+    """The letters' rows; a session that queues mail due now wakes workers when it commits."""
     suppressed = suppressed_among(session, workspace_id, [letter.to_address for letter in letters])
     rows = [_row(workspace_id, letter, suppressed, now, now + lifetime) for letter in letters]
-    ids = list(session.scalars(insert(Delivery).returning(Delivery.id), rows))
-    statuses = [row["status"] for row in rows]
-    if Status.QUEUED in statuses:
+    if any(row["status"] is Status.QUEUED for row in rows):
         session.info[_DUE_NOW] = True
-    return ids, statuses
+    return rows
 
 
 def _row(
@@ -285,16 +289,32 @@ def claim(
 ) -> list[Claimed]:
     """Take up to `limit` due deliveries, counting this as an attempt of each.
 
-    Due means queued or deferred with its next attempt reached, or sending with
-    its lease run out. PostgreSQL skips rows other workers are claiming; SQLite
-    serialises writers, which has the same effect.
+    Due means sending with its lease run out, or queued or deferred with its next attempt
+    reached. Rows whose lease ran out come first: they were in flight when a worker died,
+    and by `next_attempt_at` (the lease expiry) they would wait behind the whole backlog,
+    so the set in flight would grow with every crash. Two bounded statements, each one
+    range of the (status, next_attempt_at) index, keep the claim as cheap as one.
+    PostgreSQL skips rows other workers are claiming; SQLite serialises writers, which has
+    the same effect.
     """
+    claimed = _claim_due(session, (Status.SENDING,), owner, limit, now, lease)
+    if len(claimed) < limit:
+        claimed += _claim_due(session, CLAIMABLE, owner, limit - len(claimed), now, lease)
+    return claimed
+
+
+def _claim_due(
+    session: Session,
+    statuses: Sequence[Status],
+    owner: str,
+    limit: int,
+    now: datetime,
+    lease: timedelta,
+) -> list[Claimed]:
+    """Lease up to `limit` rows in `statuses` whose `next_attempt_at` has come, oldest first."""
     due = (
         select(Delivery.id)
-        .where(
-            Delivery.status.in_([*CLAIMABLE, Status.SENDING]),
-            Delivery.next_attempt_at <= now,
-        )
+        .where(Delivery.status.in_(statuses), Delivery.next_attempt_at <= now)
         .order_by(Delivery.next_attempt_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -372,14 +392,17 @@ def record(session: Session, owner: str, outcomes: Sequence[Outcome], now: datet
     connection = session.connection()
     connection.execute(
         statement,
-        [{f"new_{name}": value for name, value in asdict(o).items()} for o in outcomes],
+        [{f"new_{name}": getattr(o, name) for name in _OUTCOME_FIELDS} for o in outcomes],
     )
     attempts = [_attempt_row(o, now) for o in outcomes if o.status in ATTEMPTED]
     if attempts:
         connection.execute(insert(DeliveryAttempt.__table__), attempts)
 
 
-_OUTCOME_COLUMNS = [name for name in Outcome.__dataclass_fields__ if name != "delivery_id"]
+_OUTCOME_FIELDS = tuple(Outcome.__dataclass_fields__)
+# A plain getattr per field: `dataclasses.asdict` deep-copies each value, which cost more
+# than the UPDATE itself per outcome.
+_OUTCOME_COLUMNS = [name for name in _OUTCOME_FIELDS if name != "delivery_id"]
 # Outcomes that were an attempt, kept in `delivery_attempts`: a message handed to a server,
 # or one that could not be (no route, a template that failed). A suppressed message was
 # never attempted; a hand-back (`Worker._release`) is not an outcome and never comes here.

@@ -88,6 +88,10 @@ DEFAULT_GRACE_SECONDS = 20.0
 DATABASE_RETRY_SECONDS = 1.0
 """How long the worker waits before trying a database that failed (restarting, failing over)."""
 
+BATCHES_IN_FLIGHT = 2
+"""Batches a worker has in hand at once: while one is being claimed or recorded, the other's
+messages keep the connections busy (with one, every connection waited at each batch's end)."""
+
 FLUSH_SECONDS = 1.0
 """How often a batch in progress records its finished outcomes and renews its lease."""
 
@@ -210,22 +214,26 @@ class Worker:
         self._stop = stop
         self._loop = asyncio.get_running_loop()
         try:
-            while not stop.is_set():
-                # Cleared before the claim: mail queued from here on wakes the next wait.
-                self._wakeup.clear()
-                self._wake_pending = False
-                try:
-                    if await self.run_once() == 0:
-                        await self._idle(stop)
-                except DBAPIError as error:  # the claim failed: nothing is in hand, try again
-                    self._database_failed(error)
-                    with suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), DATABASE_RETRY_SECONDS)
+            await asyncio.gather(*(self._run_batches(stop) for _ in range(BATCHES_IN_FLIGHT)))
         finally:
             self._stop = None
             self._loop = None
             await self.pools.close()
             log.info("delivery worker %s stopped", self.owner)
+
+    async def _run_batches(self, stop: asyncio.Event) -> None:
+        """One batch after another until `stop` is set."""
+        while not stop.is_set():
+            # Cleared before the claim: mail queued from here on wakes the next wait.
+            self._wakeup.clear()
+            self._wake_pending = False
+            try:
+                if await self.run_once() == 0:
+                    await self._idle(stop)
+            except DBAPIError as error:  # the claim failed: nothing is in hand, try again
+                self._database_failed(error)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), DATABASE_RETRY_SECONDS)
 
     def wake(self) -> None:
         """Cut the idle wait short: mail is due. Safe to call from any thread, at any time;
