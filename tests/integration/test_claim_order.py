@@ -1,12 +1,13 @@
 """A claim takes the deliveries a dead worker held before the queued backlog, on both
 backends: by `next_attempt_at` alone an expired lease sorts after every older queued row, so
-the messages in flight at a crash would wait behind everything else."""
+the messages in flight at a crash would wait behind everything else. Due retries come next,
+then new mail, oldest first within each."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from postyard.clock import utcnow
 from postyard.db.engine import Database
@@ -67,3 +68,25 @@ def test_a_claim_fills_up_with_the_backlog_after_the_expired_leases(database: Da
     assert in_flight < taken
     assert len(taken - in_flight) == 2 and taken - in_flight <= set(backlog)
     assert claim(database, "w3", 10, now, timedelta(minutes=1)) == set(backlog) - taken
+
+
+def test_due_retries_are_claimed_before_new_mail_and_each_oldest_first(
+    database: Database,
+) -> None:
+    now = utcnow()
+    with database.session() as session:
+        workspace_id = create_workspace(session, "Acme", Plan.PREMIUM).workspace_id
+    new_mail = [queue(database, workspace_id, 1, now - timedelta(hours=h))[0] for h in (2, 1)]
+    retries = queue(database, workspace_id, 2, now - timedelta(hours=3))
+    with database.session() as session:
+        for minutes, delivery_id in zip((20, 10), retries, strict=True):
+            session.execute(
+                update(Delivery)
+                .where(Delivery.id == delivery_id)
+                .values(status=Status.DEFERRED, next_attempt_at=now - timedelta(minutes=minutes))
+            )
+    queue(database, workspace_id, 1, now + timedelta(minutes=5))  # not due yet
+
+    one_at_a_time = [claim(database, "w", 1, now, timedelta(minutes=1)) for _ in range(5)]
+
+    assert one_at_a_time == [{retries[0]}, {retries[1]}, {new_mail[0]}, {new_mail[1]}, set()]
