@@ -23,7 +23,7 @@ from postyard.api.fields import (
 )
 from postyard.clock import isoformat
 from postyard.db.models import SmtpServer
-from postyard.delivery.endpoints import Endpoint, endpoint_for, host_guard
+from postyard.delivery.endpoints import Endpoint
 from postyard.delivery.probe import Step, probe
 from postyard.routing import Role
 from postyard.services import smtp_servers
@@ -186,13 +186,7 @@ async def test_server(server_id: RowId, caller: CurrentCaller, context: Context)
 
     def load_endpoint() -> Endpoint:
         with context.database.session() as session:
-            server = smtp_servers.get_server(session, caller, server_id)
-            return endpoint_for(
-                server,
-                context.box,
-                context.settings.smtp_timeout_seconds,
-                host_guard(context.settings),
-            )
+            return smtp_servers.reachable_endpoint(session, caller, server_id, context.runtime)
 
     endpoint = await run_in_threadpool(load_endpoint)
     steps = await probe(endpoint, context.settings.hostname)

@@ -172,9 +172,7 @@ class Endpoint:
             raise
 
 
-def endpoint_for(
-    server: SmtpServer, box: SecretBox, timeout: float, guard: HostGuard | None = None
-) -> Endpoint:
+def endpoint_for(server: SmtpServer, box: SecretBox, timeout: float, guard: HostGuard) -> Endpoint:
     password = box.decrypt(server.password_encrypted) if server.password_encrypted else None
     return Endpoint(
         key=f"{server.id}@{server.updated_at.isoformat()}",
@@ -188,7 +186,7 @@ def endpoint_for(
         ca_bundle=server.ca_bundle,
         max_connections=server.max_connections,
         timeout=timeout,
-        guard=guard or HostGuard(),
+        guard=guard,
         rate_limit_per_second=server.rate_limit_per_second,
         max_messages_per_connection=server.max_messages_per_connection,
     )

@@ -20,7 +20,7 @@ from postyard import routing
 from postyard.clock import utcnow
 from postyard.db.models import SmtpServer
 from postyard.delivery import outbox
-from postyard.delivery.endpoints import HostNotAllowed, host_guard
+from postyard.delivery.endpoints import Endpoint, HostNotAllowed, endpoint_for, host_guard
 from postyard.routing import Role
 from postyard.services import audit
 from postyard.services.audit import Action, ObjectType
@@ -68,6 +68,17 @@ def get_server(session: Session, caller: Caller, server_id: int) -> SmtpServer:
     if server is None or server.workspace_id != caller.workspace_id:
         raise _not_found(server_id)
     return server
+
+
+def reachable_endpoint(
+    session: Session, caller: Caller, server_id: int, runtime: Runtime
+) -> Endpoint:
+    """The server as the worker reaches it (credentials decrypted, host policy applied), for
+    a connection test."""
+    server = get_server(session, caller, server_id)
+    return endpoint_for(
+        server, runtime.box, runtime.settings.smtp_timeout_seconds, host_guard(runtime.settings)
+    )
 
 
 def as_rule_servers(servers: list[SmtpServer]) -> list[routing.Server]:

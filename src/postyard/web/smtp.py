@@ -16,7 +16,6 @@ from starlette.concurrency import run_in_threadpool
 from postyard.api.context import AppContext, Context
 from postyard.api.fields import RowId
 from postyard.db.models import SmtpServer
-from postyard.delivery.endpoints import endpoint_for, host_guard
 from postyard.delivery.outbox import Letter
 from postyard.delivery.probe import Step, probe
 from postyard.routing import CampaignType, PlanLimit, Role, RuleViolation, Via
@@ -340,13 +339,7 @@ async def test_connection(
 ) -> Response:
     def load_endpoint() -> Any:
         with context.database.session() as session:
-            server = smtp_servers.get_server(session, web.caller, server_id)
-            return endpoint_for(
-                server,
-                context.box,
-                context.settings.smtp_timeout_seconds,
-                host_guard(context.settings),
-            )
+            return smtp_servers.reachable_endpoint(session, web.caller, server_id, context.runtime)
 
     endpoint = await run_in_threadpool(load_endpoint)
     steps = await probe(endpoint, context.settings.hostname)
