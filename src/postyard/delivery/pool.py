@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from postyard.delivery.endpoints import Endpoint
+from postyard.delivery.smtp_pipeline import Pipeline
 from postyard.delivery.throttle import Pacer, Throttle
 
 # Servers drop idle clients after a while (Postfix: 300 s); a connection idle
@@ -59,8 +60,24 @@ def describe_error(error: BaseException) -> str:
 
 
 @dataclass(eq=False)
-class _Connection:
+class Session:
+    """What the pool lends: aiosmtplib's client, which set the session up (connect, TLS,
+    AUTH), and the `Pipeline` that carries its mail once the server is found to offer
+    PIPELINING (see `transaction.send`); from then on the client only closes it."""
+
     client: aiosmtplib.SMTP
+    pipeline: Pipeline | None = None
+
+    @property
+    def is_connected(self) -> bool:
+        if self.pipeline is not None:
+            return self.pipeline.is_connected
+        return self.client.is_connected
+
+
+@dataclass(eq=False)
+class _Connection:
+    session: Session
     slot: int | None
     """The server's connection slot it holds; None for the default relay (no shared limit)."""
     messages: int = 0
@@ -95,8 +112,8 @@ class ConnectionPool:
         return self._in_use == 0 and time.monotonic() - self.last_used > MAX_IDLE_SECONDS
 
     @asynccontextmanager
-    async def connection(self) -> AsyncIterator[aiosmtplib.SMTP]:
-        """A connected, authenticated client, at this message's turn under the server's rate;
+    async def connection(self) -> AsyncIterator[Session]:
+        """A connected, authenticated session, at this message's turn under the server's rate;
         it returns to the pool unless it failed or has carried its share of messages."""
         self._waiting += 1
         try:
@@ -108,17 +125,19 @@ class ConnectionPool:
                         if self._pacer is not None:
                             rate = self.endpoint.rate_limit_per_second or 0.0
                             await self._pacer.wait_turn(rate, self._waiting)
-                        yield connection.client
+                        yield connection.session
+                    except REFUSALS as refusal:
+                        # The server refused the message, not the session: after the RSET
+                        # the connection carries the next one (unless it said 421 and left).
+                        if _refused_the_session(refusal):
+                            await self._close(connection)
+                        else:
+                            await self._put_back(connection)
+                        raise
                     except BaseException:
                         await self._close(connection)
                         raise
-                    connection.messages += 1
-                    if self._keeps(connection):
-                        connection.idle_since = time.monotonic()
-                        self._idle.append(connection)
-                        self._wake()
-                    else:
-                        await self._close(connection)
+                    await self._put_back(connection)
                 finally:
                     self._in_use -= 1
                     self.last_used = time.monotonic()
@@ -148,10 +167,20 @@ class ConnectionPool:
         finally:
             self._hand_over = None
 
+    async def _put_back(self, connection: _Connection) -> None:
+        """Count the message; keep the connection for the next unless it is spent."""
+        connection.messages += 1
+        if self._keeps(connection):
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+            self._wake()
+        else:
+            await self._close(connection)
+
     def _keeps(self, connection: _Connection) -> bool:
         limit = self.endpoint.max_messages_per_connection
         return (
-            connection.client.is_connected
+            connection.session.is_connected
             and (limit is None or connection.messages < limit)
             and (
                 connection.slot is None
@@ -208,15 +237,15 @@ class ConnectionPool:
             if self.endpoint.username:
                 await client.login(self.endpoint.username, self.endpoint.password or "")
         except BaseException as error:
-            await self._close(_Connection(client, slot))
+            await self._close(_Connection(Session(client), slot))
             if isinstance(error, aiosmtplib.SMTPException | OSError | TimeoutError):
                 raise ConnectionFailed(self.endpoint, error) from error
             raise
-        return _Connection(client, slot)
+        return _Connection(Session(client), slot)
 
     async def _close(self, connection: _Connection) -> None:
         """QUIT, then give the slot back: the server counts the connection until it is gone."""
-        await close_client(connection.client)
+        await close_session(connection.session)
         if connection.slot is not None and self._throttle is not None:
             await self._throttle.release_slot(self._server_id, connection.slot)
             self._wake()
@@ -243,6 +272,30 @@ class ConnectionPool:
             self._hand_over.cancel()
         idle, self._idle = self._idle, []
         await asyncio.gather(*(self._close(connection) for connection in idle))
+
+
+REFUSALS = (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPResponseException)
+"""What a server answers about one message; the session may well go on."""
+
+
+def _refused_the_session(
+    error: aiosmtplib.SMTPRecipientsRefused | aiosmtplib.SMTPResponseException,
+) -> bool:
+    """A 421 (the server is closing the session) or a reply that is not SMTP at all."""
+    if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
+        codes = [refusal.code for refusal in error.recipients]
+    else:
+        codes = [error.code]
+    return any(code == 421 or not 400 <= code < 600 for code in codes)
+
+
+async def close_session(session: Session) -> None:
+    """QUIT over whichever of the client or the pipeline holds the connection now."""
+    if session.pipeline is None:
+        await close_client(session.client)
+    else:
+        await session.pipeline.quit()
+        session.client.close()
 
 
 async def close_client(client: aiosmtplib.SMTP) -> None:
