@@ -385,6 +385,59 @@ def test_newsletter_goes_once_per_address_and_skips_whom_it_must(
     assert details["counts"]["by_status"] == {"sent": 3, "suppressed": 2}
 
 
+def test_newsletter_skips_an_address_taken_in_an_earlier_batch_in_another_case(
+    api: TestClient, run_jobs: RunJobs
+) -> None:
+    person(api, "ann", email="Shared@Example.com")
+    person(api, "bob", email="bob@example.com")
+    person(api, "cid", email="shared@example.com")  # the next batch
+    person(api, "dan", email="BOB@EXAMPLE.COM")
+    newsletter = campaign(api, "newsletter", audience={"all": True})
+
+    send(api, newsletter["id"])
+    assert run_jobs(batch_size=2) == 1
+
+    records = deliveries(api, newsletter["id"])
+    assert sorted((r["person_id"], r["to"]) for r in records) == [
+        ("ann", "shared@example.com"),
+        ("bob", "bob@example.com"),
+    ]
+
+
+def test_a_resumed_newsletter_skips_the_addresses_it_took_before_it_died(
+    api: TestClient, run_jobs: RunJobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    person(api, "ann", email="Ann@example.com")
+    person(api, "bob", email="bob@example.com", unsubscribed=True)
+    person(api, "cid", email="ann@EXAMPLE.com")  # the batch it dies in
+    person(api, "dan", email="Bob@example.com")
+    newsletter = campaign(api, "newsletter", audience={"all": True})
+    send(api, newsletter["id"])
+    real_enqueue = fanout.enqueue
+    batches = 0
+
+    def dies_in_the_second_batch(*args: Any) -> fanout.Tally:
+        nonlocal batches
+        batches += 1
+        if batches == 2:
+            raise RuntimeError("the process died")
+        return real_enqueue(*args)
+
+    monkeypatch.setattr(fanout, "enqueue", dies_in_the_second_batch)
+    with pytest.raises(RuntimeError):
+        run_jobs(batch_size=2)
+    monkeypatch.setattr(fanout, "enqueue", real_enqueue)
+    # Another process, once the lease has run out, takes the send over.
+    assert run_jobs(clock=lambda: utcnow() + timedelta(minutes=6), batch_size=2) == 1
+
+    records = deliveries(api, newsletter["id"])
+    assert sorted((r["person_id"], r["status"]) for r in records) == [
+        ("ann", "queued"),
+        ("bob", "suppressed"),
+        ("dan", "queued"),
+    ]
+
+
 def test_the_audience_is_fixed_when_the_newsletter_is_sent(
     api: TestClient, deliver: Deliver, start_smtp: StartSmtp, run_jobs: RunJobs
 ) -> None:
