@@ -175,6 +175,37 @@ def test_hard_bounce_fails_the_message_and_suppresses_the_address_for_later_mess
     assert [m.rcpt_tos for m in smtp.messages] == [(TO,)]
 
 
+def test_an_address_smtp_cannot_carry_fails_that_message_and_the_rest_are_sent(
+    api: TestClient, deliver: Deliver, start_smtp: StartSmtp
+) -> None:
+    """A non-ASCII address would need SMTPUTF8: that message fails with the reason, and the
+    worker carries on with the others instead of stopping on it."""
+    smtp = start_smtp("smtp-main")
+    add_local(api, smtp)
+    response = api.post(
+        "/v1/test_messages",
+        json={
+            "campaign_type": "newsletter",
+            "to": "jörg@example.com",
+            "from": "news@acme.example",
+            "subject": "Hallo",
+            "text": "Hallo.",
+        },
+    )
+    assert response.status_code == 202, response.text
+    unsendable = response.json()["id"]
+    fine = queue(api, "newsletter")["id"]
+
+    deliver()
+
+    record = delivery(api, unsendable)
+    assert record["status"] == "failed", record
+    assert record["last_error"].startswith("invalid_address: "), record
+    assert "SMTPUTF8" in record["last_error"]
+    assert delivery(api, fine)["status"] == "sent"
+    assert [m.rcpt_tos for m in smtp.messages] == [(TO,)]
+
+
 def test_policy_rejection_fails_the_message_without_suppressing_the_address(
     api: TestClient, deliver: Deliver, start_smtp: StartSmtp, database: Database
 ) -> None:

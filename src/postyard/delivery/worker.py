@@ -234,6 +234,10 @@ class Worker:
                 self._database_failed(error)
                 with suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), DATABASE_RETRY_SECONDS)
+            except Exception:  # a bug must not end delivery: that batch waits out its lease
+                log.exception("delivery worker %s: a batch failed; carrying on", self.owner)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), DATABASE_RETRY_SECONDS)
 
     def wake(self) -> None:
         """Cut the idle wait short: mail is due. Safe to call from any thread, at any time;
@@ -523,10 +527,11 @@ class Worker:
         try:
             data = build_message(delivery, now)
         except ValueError as error:
-            return Attempt(
-                delivery,
-                Outcome(delivery.id, Status.FAILED, now, last_error=f"render_error: {error}"),
-            )
+            return self._refused_here(delivery, f"render_error: {error}", now)
+        try:
+            transaction.envelope(delivery.from_address, delivery.to_address)
+        except ValueError as error:
+            return self._refused_here(delivery, f"invalid_address: {error}", now)
         server = server_label(endpoint.server_id, default_relay=True)
         down: str | None = None
         try:
@@ -576,6 +581,10 @@ class Worker:
             return Attempt(delivery, outcome, server=server)
         await self._note_reachability(routes, endpoint, down)
         return self._failed_attempt(delivery, reply, endpoint, via)
+
+    def _refused_here(self, delivery: Claimed, reason: str, now: datetime) -> Attempt:
+        """A message no server could take as it is: failed, without trying."""
+        return Attempt(delivery, Outcome(delivery.id, Status.FAILED, now, last_error=reason))
 
     async def _note_reachability(
         self, routes: Routes, endpoint: Endpoint, down: str | None
