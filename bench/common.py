@@ -273,9 +273,13 @@ class Sink:
         """
         with self.counter_file.open("rb") as file:
             file.seek(0, os.SEEK_END)
-            file.seek(max(file.tell() - 256, 0))
+            start = max(file.tell() - 256, 0)
+            file.seek(start)
             tail = file.read().decode("ascii", "replace")
-        lines = [line for line in tail.split("\r") if "mesg=" in line]
+        # Only whole lines: the text after the last CR may be a line still being written,
+        # and the first may have been cut by the seek.
+        lines = tail.split("\r")[1 if start else 0 : -1]
+        lines = [line for line in lines if "mesg=" in line]
         if not lines:
             return 0
         fields = dict(part.split("=", 1) for part in lines[-1].split() if "=" in part)

@@ -114,6 +114,23 @@ def by_recipient(smtp: LocalSMTPServer) -> dict[str, list[Any]]:
 # --- routing --------------------------------------------------------------------------------
 
 
+def die_in_batch(monkeypatch: pytest.MonkeyPatch, number: int) -> Callable[..., fanout.Tally]:
+    """Make the fan-out fail at its `number`th batch, as a process that died there would;
+    returns the real `enqueue`, to put back for the process that takes the send over."""
+    real_enqueue = fanout.enqueue
+    batches = 0
+
+    def dying(*args: Any) -> fanout.Tally:
+        nonlocal batches
+        batches += 1
+        if batches == number:
+            raise RuntimeError("the process died")
+        return real_enqueue(*args)
+
+    monkeypatch.setattr(fanout, "enqueue", dying)
+    return real_enqueue
+
+
 def test_each_type_goes_through_the_server_the_seed_routing_chooses(
     api: TestClient, deliver: Deliver, start_smtp: StartSmtp, run_jobs: RunJobs
 ) -> None:
@@ -413,17 +430,7 @@ def test_a_resumed_newsletter_skips_the_addresses_it_took_before_it_died(
     person(api, "dan", email="Bob@example.com")
     newsletter = campaign(api, "newsletter", audience={"all": True})
     send(api, newsletter["id"])
-    real_enqueue = fanout.enqueue
-    batches = 0
-
-    def dies_in_the_second_batch(*args: Any) -> fanout.Tally:
-        nonlocal batches
-        batches += 1
-        if batches == 2:
-            raise RuntimeError("the process died")
-        return real_enqueue(*args)
-
-    monkeypatch.setattr(fanout, "enqueue", dies_in_the_second_batch)
+    real_enqueue = die_in_batch(monkeypatch, 2)
     with pytest.raises(RuntimeError):
         run_jobs(batch_size=2)
     monkeypatch.setattr(fanout, "enqueue", real_enqueue)
@@ -758,17 +765,7 @@ def test_a_send_that_died_is_resumed_after_its_lease_from_where_it_stopped(
     smtp = start_smtp()
     add_local(api, smtp)
     newsletter_id = five_people_newsletter(api)
-    batches = 0
-    real_enqueue = fanout.enqueue
-
-    def dies_in_the_second_batch(*args: Any) -> fanout.Tally:
-        nonlocal batches
-        batches += 1
-        if batches == 2:
-            raise RuntimeError("the process died")
-        return real_enqueue(*args)
-
-    monkeypatch.setattr(fanout, "enqueue", dies_in_the_second_batch)
+    real_enqueue = die_in_batch(monkeypatch, 2)
     # Long enough to check within it on a busy machine, short enough to wait out.
     lease = 2.0
     short_lease = Settings(**{**settings.__dict__, "lease_seconds": lease})

@@ -213,6 +213,24 @@ class Handler:
         return "221 Bye"
 
 
+def pooled_endpoint(port: int, **fields: Any) -> Endpoint:
+    """A server on localhost with one connection, plain unless `fields` say otherwise."""
+    defaults: dict[str, Any] = {
+        "key": f"server-{port}",
+        "server_id": None,
+        "name": f"server-{port}",
+        "host": LOCALHOST,
+        "port": port,
+        "security": "none",
+        "username": None,
+        "password": None,
+        "ca_bundle": None,
+        "max_connections": 1,
+        "timeout": 5.0,
+    }
+    return Endpoint(**{**defaults, **fields})
+
+
 @contextmanager
 def aiosmtpd_server(handler: Handler, **options: Any) -> Iterator[int]:
     controller = Controller(
@@ -314,19 +332,8 @@ def test_pooled_pipelined_connections_over_tls_carry_their_share_then_quit(
     )
 
     async def main(port: int) -> list[bool]:
-        endpoint = Endpoint(
-            key="pipelined",
-            server_id=None,
-            name="pipelined",
-            host=LOCALHOST,
-            port=port,
-            security=security,
-            username=None,
-            password=None,
-            ca_bundle=ca_pem,
-            max_connections=1,
-            timeout=5.0,
-            max_messages_per_connection=2,
+        endpoint = pooled_endpoint(
+            port, security=security, ca_bundle=ca_pem, max_messages_per_connection=2
         )
         pool = ConnectionPool(endpoint, "client.test.invalid")
         pipelined = []
@@ -365,19 +372,7 @@ def test_a_refused_message_leaves_its_pooled_connection_for_the_next(pipelining:
     recipients += ["closing@example.com", "eve@example.com"]
 
     async def main(port: int) -> list[str]:
-        endpoint = Endpoint(
-            key="refusing",
-            server_id=None,
-            name="refusing",
-            host=LOCALHOST,
-            port=port,
-            security="none",
-            username=None,
-            password=None,
-            ca_bundle=None,
-            max_connections=1,
-            timeout=5.0,
-        )
+        endpoint = pooled_endpoint(port)
         pool = ConnectionPool(endpoint, "client.test.invalid")
         outcomes = []
         try:
@@ -404,19 +399,7 @@ def test_a_pooled_connection_whose_server_hung_up_is_replaced(start_sink: StartS
     sink = start_sink("-q", ".")
 
     async def main() -> list[str]:
-        endpoint = Endpoint(
-            key="sink",
-            server_id=None,
-            name="sink",
-            host=LOCALHOST,
-            port=sink.port,
-            security="none",
-            username=None,
-            password=None,
-            ca_bundle=None,
-            max_connections=1,
-            timeout=5.0,
-        )
+        endpoint = pooled_endpoint(sink.port)
         pool = ConnectionPool(endpoint, "client.test.invalid")
         results = []
         try:
