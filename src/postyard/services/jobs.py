@@ -39,6 +39,10 @@ REFRESH_INTERVAL = timedelta(minutes=1)
 MAX_ERRORS = 1000
 
 
+class _LeaseLost(Exception):
+    """A job's lease was taken over while this process ran a batch of it."""
+
+
 class Jobs:
     def __init__(
         self, database: Database, runtime: Runtime, *, batch_size: int = fanout.BATCH_SIZE
@@ -161,7 +165,12 @@ class Jobs:
         step: Callable[[Session, Any], bool],
     ) -> int:
         """Claim a job, then run `step` (one batch; True when the job is over) in one
-        transaction after another, each renewing the lease; 1 if this process finished it."""
+        transaction after another, each renewing the lease; 1 if this process finished it.
+
+        The lease is renewed after the step has done its reading and rendering, just before
+        the commit: on SQLite the first write takes the database's one write lock, and
+        renewing first held it through a whole batch's rendering, while delivery workers
+        waited to claim and record."""
         lease = None if self._halt.is_set() else self._claim(table, row_id, due, running)
         if lease is None:
             return 0
@@ -169,15 +178,19 @@ class Jobs:
             if self._halt.is_set():
                 self._release(table, row_id, lease)
                 return 0
-            with self.database.session() as session:
-                renewed = self._renew(session, table, row_id, lease)
-                if renewed is None:
-                    log.warning("%s %s: lost to another process", table.__tablename__, row_id)
-                    return 0
-                row = session.get_one(table, row_id)
-                if step(session, row):
-                    row.lease_until = None
-                    return 1
+            try:
+                with self.database.session() as session:
+                    row = session.get_one(table, row_id)
+                    finished = step(session, row)
+                    renewed = self._renew(session, table, row_id, lease)
+                    if renewed is None:  # rolls the batch back: it is another process's now
+                        raise _LeaseLost
+                    if finished:
+                        row.lease_until = None
+                        return 1
+            except _LeaseLost:
+                log.warning("%s %s: lost to another process", table.__tablename__, row_id)
+                return 0
             lease = renewed
 
     def _send_newsletter(self, campaign_id: int) -> int:
