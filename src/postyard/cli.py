@@ -101,8 +101,8 @@ def serve(
         ),
     ] = 0,
 ) -> None:
-    """Run the API, the web UI, the jobs and delivery. GET /metrics shows the queue, and the
-    delivery counters when delivery runs in this process (without --workers)."""
+    """Run the API, the web UI, the jobs and delivery; GET /metrics shows the queue and the
+    delivery counters (with --workers, those of the worker processes, summed)."""
     import uvicorn
 
     from postyard.api.app import create_app

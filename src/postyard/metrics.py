@@ -16,9 +16,11 @@ import logging
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator
 from datetime import datetime
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
@@ -72,12 +74,26 @@ class Metrics:
             registry=self.registry,
         )
         self._queue: QueueCollector | None = None
+        self._exposed = self.registry
 
     def watch_queue(self, database: Database, clock: Clock = utcnow) -> Metrics:
         """Add the queue gauges, read from `database` at each scrape (once per registry)."""
         if self._queue is None:
             self._queue = QueueCollector(database, clock)
             self.registry.register(self._queue)
+            if self._exposed is not self.registry:
+                self._exposed.register(self._queue)
+        return self
+
+    def gather_processes(self, directory: Path) -> Metrics:
+        """Expose the counters that worker processes write to `directory` (prometheus-client's
+        multiprocess mode: each child has PROMETHEUS_MULTIPROC_DIR set), summed across them,
+        in place of this process's own, which then count nothing: `postyard serve --workers`."""
+        exposed = CollectorRegistry(auto_describe=True)
+        MultiProcessCollector(exposed, path=str(directory))
+        if self._queue is not None:
+            exposed.register(self._queue)
+        self._exposed = exposed
         return self
 
     def count(self, outcomes: Iterable[tuple[str, str, str]]) -> None:
@@ -91,7 +107,7 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
 
 class QueueCollector(Collector):

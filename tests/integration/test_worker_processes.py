@@ -1,6 +1,6 @@
 """`postyard serve --workers N`: delivery in worker processes of its own, which serve wakes
 when it queues mail, starts again when one dies, and stops with itself, even when it is
-killed, so that no worker outlives it."""
+killed, so that no worker outlives it; serve's /metrics sums their counters."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 from fastapi.testclient import TestClient
 from integration_helpers import add_local, queue
+from prometheus_client.parser import text_string_to_metric_families
 
 from postyard.api.app import create_app
 from postyard.config import Settings
@@ -86,6 +87,7 @@ def test_worker_processes_deliver_what_serve_queues_without_waiting_out_their_po
             smtp.wait_for(count, timeout=10)
             time.sleep(0.2)
         children = workers_of(os.getpid())
+        wait_until(lambda: sent_counted(api) == 3, 10, "serve's /metrics counting all three")
     wait_until(lambda: not any(map(is_running, children)), 30, "the workers stopped with serve")
     assert sorted(message.rcpt_tos for message in smtp.messages) == [
         (f"reader{count}@example.com",) for count in (1, 2, 3)
@@ -128,6 +130,19 @@ def test_worker_processes_stop_when_serve_is_killed(settings: Settings, tmp_path
             serve.wait()
     log_text = (tmp_path / "serve.log").read_text()
     assert "postyard serve has gone: stopping" in log_text, log_text[-2000:]
+
+
+def sent_counted(api: TestClient) -> float:
+    """`postyard_deliveries_total{outcome="sent"}` in serve's /metrics, summed over its labels:
+    the worker processes' counts, gathered by serve."""
+    response = api.get("/metrics")
+    assert response.status_code == 200, response.text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name == "postyard_deliveries_total" and sample.labels["outcome"] == "sent"
+    )
 
 
 def _answers(port: int) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from tempfile import TemporaryDirectory
 
 from fastapi import FastAPI
 
@@ -60,8 +62,13 @@ def create_app(
             return
         stop = asyncio.Event()
         delivery: Worker | WorkerProcesses
+        metrics_dir: TemporaryDirectory[str] | None = None
         if worker_processes:
-            delivery = WorkerProcesses(worker_processes, settings, grace_seconds)
+            metrics_dir = TemporaryDirectory(prefix="postyard-metrics-")
+            app_metrics.gather_processes(Path(metrics_dir.name))
+            delivery = WorkerProcesses(
+                worker_processes, settings, grace_seconds, Path(metrics_dir.name)
+            )
         else:
             delivery = Worker(
                 database,
@@ -81,6 +88,8 @@ def create_app(
             forget_wakeup()
             stop.set()
             await asyncio.gather(*tasks)
+            if metrics_dir is not None:
+                metrics_dir.cleanup()
 
     app = FastAPI(
         title="Postyard",

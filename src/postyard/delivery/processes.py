@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import suppress
+from pathlib import Path
 
 from postyard.config import Settings
 
@@ -42,10 +43,13 @@ KILL_AFTER_SECONDS = 10.0
 class WorkerProcess:
     """One supervised `postyard worker` process."""
 
-    def __init__(self, number: int, settings: Settings, grace_seconds: float) -> None:
+    def __init__(
+        self, number: int, settings: Settings, grace_seconds: float, metrics_dir: Path
+    ) -> None:
         self.number = number
         self.settings = settings
         self.grace_seconds = grace_seconds
+        self.metrics_dir = metrics_dir
         self.process: subprocess.Popen[bytes] | None = None
         self.restart_pause = RESTART_PAUSE_SECONDS
         self.started_at = 0.0
@@ -60,9 +64,12 @@ class WorkerProcess:
             "--grace",
             str(self.grace_seconds),
         ]
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, env={**os.environ, **self.settings.to_env()}
-        )
+        env = {
+            **os.environ,
+            **self.settings.to_env(),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir),
+        }
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, env=env)
         assert self.process.stdin is not None
         os.set_blocking(self.process.stdin.fileno(), False)
         self.started_at = time.monotonic()
@@ -98,11 +105,15 @@ class WorkerProcess:
 
 
 class WorkerProcesses:
-    """The delivery worker processes of one `postyard serve`."""
+    """The delivery worker processes of one `postyard serve`; their counters go to files in
+    `metrics_dir`, which serve's `GET /metrics` sums (`Metrics.gather_processes`)."""
 
-    def __init__(self, count: int, settings: Settings, grace_seconds: float) -> None:
+    def __init__(
+        self, count: int, settings: Settings, grace_seconds: float, metrics_dir: Path
+    ) -> None:
         self.children = [
-            WorkerProcess(number, settings, grace_seconds) for number in range(1, count + 1)
+            WorkerProcess(number, settings, grace_seconds, metrics_dir)
+            for number in range(1, count + 1)
         ]
         self.grace_seconds = grace_seconds
 
