@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
-    Select,
     String,
     and_,
     bindparam,
@@ -26,7 +25,7 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from postyard import templating
 from postyard.clock import isoformat
@@ -208,36 +207,10 @@ def newsletter_letters(
 
 
 def _addresses_taken(session: Session, campaign_id: int, addresses: set[str]) -> set[str]:
-    """Which of these addresses (lower-cased) the newsletter has already claimed.
-
-    PostgreSQL looks each address up on its own: given the whole list at once, its planner,
-    whose statistics never count the rows of a send in progress, reads every row the
-    campaign has so far for each batch, and a send becomes quadratic.
-    """
-    if not addresses:
-        return set()
+    """Which of these addresses (lower-cased) the newsletter has already claimed."""
     candidates = sorted(addresses | {address.lower() for address in addresses})
-    if session.get_bind().dialect.name == "postgresql":
-        query = _claimed_one_by_one(campaign_id, candidates)
-    else:
-        query = select(Delivery.to_address).where(
-            _claims(campaign_id), Delivery.to_address.in_(candidates)
-        )
-    return {address.lower() for address in session.scalars(query)}
-
-
-def _claimed_one_by_one(campaign_id: int, candidates: list[str]) -> Select[tuple[str]]:
-    """One probe of ix_deliveries_campaign_address per address: a LATERAL subquery with a
-    LIMIT cannot be turned into a scan of the campaign's rows."""
-    addresses = bindparam("addresses", candidates, type_=ARRAY(String))
-    batch = func.unnest(addresses).table_valued("address").render_derived()
-    claim = (
-        select(Delivery.id)
-        .where(_claims(campaign_id), Delivery.to_address == batch.c.address)
-        .limit(1)
-        .lateral()
-    )
-    return select(batch.c.address).join(claim, true())
+    taken = _found_among(session, Delivery.to_address, candidates, _claims(campaign_id))
+    return {address.lower() for address in taken}
 
 
 def _claims(campaign_id: int) -> ColumnElement[bool]:
@@ -250,16 +223,36 @@ def _claims(campaign_id: int) -> ColumnElement[bool]:
 
 def already_sent(session: Session, campaign_id: int, person_ids: Sequence[str]) -> set[str]:
     """Which of these people this campaign has already written to."""
-    if not person_ids:
-        return set()
-    rows = session.scalars(
-        select(Delivery.person_id).where(
-            Delivery.campaign_id == campaign_id,
-            Delivery.person_id.in_(person_ids),
-            Delivery.status.not_in(NOT_SENT),
-        )
+    return _found_among(
+        session,
+        Delivery.person_id,
+        person_ids,
+        and_(Delivery.campaign_id == campaign_id, Delivery.status.not_in(NOT_SENT)),
     )
-    return {person_id for person_id in rows if person_id is not None}
+
+
+def _found_among(
+    session: Session,
+    column: InstrumentedAttribute[str | None],
+    values: Sequence[str],
+    condition: ColumnElement[bool],
+) -> set[str]:
+    """Which of `values` stand in `column` of some delivery that meets `condition`.
+
+    PostgreSQL looks each value up on its own, one probe of the campaign's index per value:
+    given the whole list at once, its planner, whose statistics never count the rows of a
+    send in progress, read every row the campaign had so far for each batch, and a send
+    became quadratic. A LATERAL subquery with a LIMIT cannot be turned into that scan.
+    """
+    if not values:
+        return set()
+    if session.get_bind().dialect.name != "postgresql":
+        found = session.scalars(select(column).where(condition, column.in_(values)))
+        return {value for value in found if value is not None}
+    listed = bindparam("values", list(values), type_=ARRAY(String))
+    batch = func.unnest(listed).table_valued("value").render_derived()
+    probe = select(Delivery.id).where(condition, column == batch.c.value).limit(1).lateral()
+    return set(session.scalars(select(batch.c.value).join(probe, true())))
 
 
 def people_by_id(
