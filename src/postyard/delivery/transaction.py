@@ -113,18 +113,28 @@ def _check_envelope(
     have stopped there; or for the first reply missing, the connection having ended."""
     if not replies:
         raise pipeline.failure()
-    if replies[0].code != 250:
-        raise aiosmtplib.SMTPSenderRefused(replies[0].code, replies[0].message, sender)
+    _check_mail(replies[0], sender)
     if len(replies) < 2:
         raise pipeline.failure()
-    if replies[1].code not in _ACCEPTED_RCPT:
-        raise aiosmtplib.SMTPRecipientsRefused(
-            [aiosmtplib.SMTPRecipientRefused(replies[1].code, replies[1].message, recipient)]
-        )
+    _check_rcpt(replies[1], recipient)
     if len(replies) < 3:
         raise pipeline.failure()
     if replies[2].code != _START_INPUT:
         raise aiosmtplib.SMTPDataError(replies[2].code, replies[2].message)
+
+
+def _check_mail(reply: aiosmtplib.SMTPResponse, sender: str) -> None:
+    """Raise as aiosmtplib's `sendmail` does for a refused MAIL FROM."""
+    if reply.code != 250:
+        raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+
+
+def _check_rcpt(reply: aiosmtplib.SMTPResponse, recipient: str) -> None:
+    """Raise as aiosmtplib's `sendmail` does for a refused RCPT TO (its only recipient)."""
+    if reply.code not in _ACCEPTED_RCPT:
+        raise aiosmtplib.SMTPRecipientsRefused(
+            [aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)]
+        )
 
 
 def _data_open(replies: list[aiosmtplib.SMTPResponse]) -> bool:
@@ -169,13 +179,9 @@ async def _send_step_by_step(
     options = [b"SIZE=%d" % len(message)] if client.supports_extension("size") else []
     try:
         reply = await client.execute_command(b"MAIL", b"FROM:<" + mail_from + b">", *options)
-        if reply.code != 250:
-            raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender)
+        _check_mail(reply, sender)
         reply = await client.execute_command(b"RCPT", b"TO:<" + rcpt_to + b">")
-        if reply.code not in _ACCEPTED_RCPT:
-            raise aiosmtplib.SMTPRecipientsRefused(
-                [aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)]
-            )
+        _check_rcpt(reply, recipient)
         return await client.data(message)
     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         await _reset(client)
