@@ -17,7 +17,6 @@ import resource
 import shutil
 import signal
 import smtplib
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -37,6 +36,8 @@ import psycopg
 from sqlalchemy import make_url
 from sqlalchemy.engine import URL
 
+from postyard.localsmtp import free_port, wait_until_listening
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_DIR = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -48,12 +49,6 @@ SOURCE_PATH = "/usr/sbin/smtp-source"
 
 class BenchError(Exception):
     """A precondition the benchmark cannot run without; `main` turns it into exit status 2."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOCALHOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def terminate(_signum: int, _frame: FrameType | None) -> None:
@@ -315,25 +310,12 @@ def start_sink(workdir: Path, index: int, stack: ExitStack) -> Sink:
             )
         sink = Sink(process, port, counter_file)
         stack.callback(sink.stop)
-        if _wait_listening(process, port):
+        if wait_until_listening(process, port):
             return sink
         sink.stop()
         assert process.stderr is not None
         last_error = process.stderr.read().decode(errors="replace").strip()
     raise BenchError(f"smtp-sink did not start: {last_error or 'not listening after 5 s'}")
-
-
-def _wait_listening(process: subprocess.Popen[bytes], port: int) -> bool:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with socket.create_connection((LOCALHOST, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.02)
-    return False
 
 
 class Letterlike(Protocol):

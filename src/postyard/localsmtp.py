@@ -21,7 +21,9 @@ import logging
 import re
 import socket
 import ssl
+import subprocess
 import threading
+import time
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -61,6 +63,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def wait_until_listening(
+    process: subprocess.Popen[bytes], port: int, host: str = "127.0.0.1", timeout: float = 5.0
+) -> bool:
+    """Whether a server in another process (smtp-sink, for the tests and benchmarks) accepts
+    connections on `port` within `timeout`; False at once when the process has ended, as it
+    does when another process took the port first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.02)
+    return False
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,13 @@ count what the server took, duplicates included, even when the sink then hung up
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from postyard.localsmtp import wait_until_listening
 
 LOCALHOST = "127.0.0.1"
 
@@ -80,23 +81,10 @@ def start_smtp_sink(executable: str, dumps: Path, *options: str, port: int) -> S
                 command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT
             )
         sink = SmtpSink(process, port, dumps)
-        if _listening(process, port):
+        if wait_until_listening(process, port):
             return sink
         sink.stop()
         error = log.read_text(errors="replace").strip()[-500:]
         if time.monotonic() > deadline:
             raise RuntimeError(f"smtp-sink did not start on port {port}: {error}")
         time.sleep(0.1)
-
-
-def _listening(process: subprocess.Popen[bytes], port: int) -> bool:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with socket.create_connection((LOCALHOST, port), timeout=0.5):
-                return True
-        except OSError:
-            time.sleep(0.02)
-    return False
