@@ -65,10 +65,9 @@ def create_app(
         metrics_dir: TemporaryDirectory[str] | None = None
         if worker_processes:
             metrics_dir = TemporaryDirectory(prefix="postyard-metrics-")
-            app_metrics.gather_processes(Path(metrics_dir.name))
-            delivery = WorkerProcesses(
-                worker_processes, settings, grace_seconds, Path(metrics_dir.name)
-            )
+            counters = Path(metrics_dir.name)
+            app_metrics.gather_processes(counters)
+            delivery = WorkerProcesses(worker_processes, settings, grace_seconds, counters)
         else:
             delivery = Worker(
                 database,

@@ -77,23 +77,25 @@ class WorkerProcess:
 
     def wake(self) -> None:
         """Tell the child mail is due; a full pipe already holds a wake-up, so none is lost."""
-        process = self.process
-        if process is None or process.stdin is None or process.poll() is not None:
-            return
-        with suppress(BlockingIOError, BrokenPipeError, ValueError, OSError):
-            os.write(process.stdin.fileno(), b"\n")
+        if self.process is not None and self.running and self.process.stdin is not None:
+            with suppress(BlockingIOError, BrokenPipeError, ValueError, OSError):
+                os.write(self.process.stdin.fileno(), b"\n")
 
     def exited(self) -> int | None:
         """The exit status of a child that has ended, else None."""
         return None if self.process is None else self.process.poll()
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.exited() is None
+
     def stop(self) -> None:
         """Ask the child to stop: it finishes or hands back what is in flight (SIGTERM)."""
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and self.running:
             self.process.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self.process is not None and self.running:
             log.warning("delivery worker process %s did not stop in time: killed", self.number)
             self.process.kill()
             self.process.wait()
@@ -161,7 +163,7 @@ class WorkerProcesses:
         for child in self.children:
             child.stop()
         deadline = asyncio.get_running_loop().time() + self.grace_seconds + KILL_AFTER_SECONDS
-        while any(child.exited() is None for child in self.children):
+        while any(child.running for child in self.children):
             if asyncio.get_running_loop().time() >= deadline:
                 for child in self.children:
                     child.kill()
