@@ -24,8 +24,10 @@ from postyard.delivery.worker import Worker
 from postyard.localsmtp import free_port
 
 DATA_SECONDS = 0.4
-MESSAGES = 10
-LEASE_SECONDS = 1.0
+MESSAGES = 16
+LEASE_SECONDS = 2.0
+"""Long enough that a pause of the whole test process (a garbage collection on a loaded
+machine) cannot outlast it between two renewals; the batch still outlives it three times."""
 
 ApiFactory = Callable[..., TestClient]
 

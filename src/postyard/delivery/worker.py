@@ -281,8 +281,7 @@ class Worker:
     async def run_once(self) -> int:
         """Claim one batch and see every message in it to an outcome; returns its size."""
         await self.pools.retire_idle()
-        now = self.clock()
-        claimed = await asyncio.to_thread(self._claim, now)
+        claimed = await asyncio.to_thread(self._claim)
         if not claimed:
             return 0
         routes = await self._despite_outages(self._load_routes, claimed)
@@ -456,10 +455,12 @@ class Worker:
             await asyncio.wait(late, timeout=2)
         return cut
 
-    def _claim(self, now: datetime) -> list[Claimed]:
+    def _claim(self) -> list[Claimed]:
+        """Claim as of the moment the thread runs: a lease counted from before a wait for a
+        free thread would be partly spent before the batch began."""
         with self.database.session() as session:
             return outbox.claim(
-                session, self.owner, self.settings.worker_batch_size, now, self.lease
+                session, self.owner, self.settings.worker_batch_size, self.clock(), self.lease
             )
 
     def _next_due(self) -> datetime | None:
