@@ -61,7 +61,7 @@ from postyard.clock import utcnow
 from postyard.config import Settings
 from postyard.db.engine import Database
 from postyard.db.migrate import upgrade
-from postyard.db.models import ApiKey, Campaign, Delivery, Person
+from postyard.db.models import ApiKey, Campaign, Delivery, DeliveryContent, Person
 from postyard.routing import CampaignType, Plan
 from postyard.secretbox import secret_box
 from postyard.services import campaigns, fanout
@@ -233,7 +233,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ).all()
             )
             sample = session.scalars(
-                select(Delivery.text_body).where(Delivery.campaign_id == campaign_id).limit(50)
+                select(DeliveryContent.text_body)
+                .join(Delivery, Delivery.id == DeliveryContent.delivery_id)
+                .where(Delivery.campaign_id == campaign_id)
+                .limit(50)
             ).all()
         body_bytes = round(sum(len((body or "").encode()) for body in sample) / max(len(sample), 1))
 

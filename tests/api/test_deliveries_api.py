@@ -16,13 +16,13 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 from fastapi.testclient import TestClient
-from sqlalchemy import select, update
+from sqlalchemy import update
 
 from postyard.api.app import create_app
 from postyard.clock import utcnow
 from postyard.config import Settings
 from postyard.db.engine import Database
-from postyard.db.models import Delivery, Suppression
+from postyard.db.models import Delivery, DeliveryContent, Suppression
 from postyard.routing import Plan
 from postyard.services.workspaces import create_workspace
 
@@ -264,8 +264,9 @@ def test_test_message_is_accepted_as_queued(api: TestClient, database: Database)
     assert body["last_error"] is None
     assert body["next_attempt_at"] is not None
     with database.session() as session:
-        row = session.scalars(select(Delivery).where(Delivery.id == body["id"])).one()
-        assert (row.reply_to, row.text_body, row.html_body) == (
+        row = session.get_one(Delivery, body["id"])
+        content = session.get_one(DeliveryContent, body["id"])
+        assert (row.reply_to, content.text_body, content.html_body) == (
             "Support <help@acme.example>",
             "Hi Bob",
             "<p>Hi Bob</p>",

@@ -271,7 +271,6 @@ def add_delivery(database: Database, person: Person, campaign_id: int | None, st
             to_address=person.email,
             from_address="news@acme.example",
             subject="News",
-            text_body="Hello",
             message_id=f"<{time.perf_counter_ns()}@acme.example>",
             status=status,
             next_attempt_at=now,

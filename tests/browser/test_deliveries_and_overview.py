@@ -198,7 +198,6 @@ def delivery_row(
         "to_address": "reader@example.com",
         "from_address": "news@acme.example",
         "subject": "History",
-        "text_body": "Hello",
         "message_id": f"<{uuid.uuid4().hex}@acme.example>",
         "status": status,
         "attempts": 1,

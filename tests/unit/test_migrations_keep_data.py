@@ -46,3 +46,33 @@ def test_upgrading_a_populated_sqlite_database_from_0003_keeps_every_row(
         }
     engine.dispose()
     assert counts == dict.fromkeys(ROWS, 1)
+
+
+def test_upgrading_moves_each_delivery_s_bodies_and_headers_to_its_contents_row(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), "0005")
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        for table in ("workspaces", "deliveries"):
+            connection.execute(text(ROWS[table]), {"t": "2026-01-01 00:00:00"})
+        connection.execute(
+            text(
+                "UPDATE deliveries SET text_body = 'Hello', html_body = '<p>Hello</p>', "
+                'headers = \'{"X-Campaign": "7"}\''
+            )
+        )
+    command.upgrade(alembic_config(url), "head")
+    with engine.begin() as connection:
+        contents = connection.execute(
+            text("SELECT delivery_id, text_body, html_body, headers FROM delivery_contents")
+        ).all()
+        columns = {row[1] for row in connection.execute(text("PRAGMA table_info(deliveries)"))}
+        autoincrement = connection.execute(
+            text("SELECT count(*) FROM sqlite_sequence WHERE name = 'deliveries'")
+        ).scalar_one()
+    engine.dispose()
+    assert [tuple(row) for row in contents] == [(1, "Hello", "<p>Hello</p>", '{"X-Campaign": "7"}')]
+    assert not columns & {"text_body", "html_body", "headers"}
+    assert autoincrement == 1, "deliveries keeps AUTOINCREMENT: ids are never reused"

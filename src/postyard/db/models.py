@@ -170,9 +170,6 @@ class Delivery(Base):
     from_address: Mapped[str] = mapped_column(String(320))
     reply_to: Mapped[str | None] = mapped_column(String(320))
     subject: Mapped[str] = mapped_column(Text)
-    text_body: Mapped[str | None] = mapped_column(Text)
-    html_body: Mapped[str | None] = mapped_column(Text)
-    headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
     message_id: Mapped[str] = mapped_column(String(255))
     status: Mapped[str] = mapped_column(String(20))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -186,6 +183,25 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class DeliveryContent(Base):
+    """A delivery's bodies and extra headers, written once when it is queued and read when a
+    worker claims it.
+
+    Kept apart from the outbox row, which workers rewrite at every claim and every outcome:
+    with a message's kilobytes inline, each of those small updates copied the whole message
+    (on SQLite, a page per row into the write-ahead log and back).
+    """
+
+    __tablename__ = "delivery_contents"
+
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("deliveries.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    text_body: Mapped[str | None] = mapped_column(Text)
+    html_body: Mapped[str | None] = mapped_column(Text)
+    headers: Mapped[dict[str, str] | None] = mapped_column(JSON)
 
 
 class DeliveryAttempt(Base):

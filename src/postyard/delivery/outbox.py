@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Engine, bindparam, event, insert, select, update
+from sqlalchemy import Engine, Row, bindparam, event, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from postyard.db.models import Delivery, DeliveryAttempt, Suppression
+from postyard.db.models import Delivery, DeliveryAttempt, DeliveryContent, Suppression
 from postyard.delivery.policy import CLAIMABLE, Status
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,13 @@ def enqueue_many(
     now: datetime,
     lifetime: timedelta,
 ) -> list[int]:
-    """Queue messages in one statement; addresses on the suppression list are recorded as such."""
+    """Queue messages in one statement per table; addresses on the suppression list are
+    recorded as such. Returns the new ids, in the letters' order."""
     if not letters:
         return []
     rows = _rows(session, workspace_id, letters, now, lifetime)
-    return list(session.scalars(insert(Delivery).returning(Delivery.id), rows))
+    ids = _insert(session, rows, letters)
+    return [ids[row["message_id"]] for row in rows]
 
 
 def enqueue_counted(
@@ -77,13 +80,38 @@ def enqueue_counted(
     lifetime: timedelta,
 ) -> Counter[Status]:
     """`enqueue_many` for callers that count outcomes (a newsletter's fan-out): how many rows
-    went in with each status, known from the rows written. Without the new ids to read back,
-    the rows go in as a plain executemany, the cheapest insert there is."""
+    went in with each status, known from the rows written rather than read back."""
     if not letters:
         return Counter()
     rows = _rows(session, workspace_id, letters, now, lifetime)
-    session.execute(insert(Delivery.__table__), rows)
+    _insert(session, rows, letters)
     return Counter(row["status"] for row in rows)
+
+
+def _insert(
+    session: Session, rows: Sequence[dict[str, object]], letters: Sequence[Letter]
+) -> dict[object, int]:
+    """Write the outbox rows and their contents; returns each new row's id by Message-ID.
+
+    The ids come back in batches in no promised order (asking for the letters' order makes
+    SQLAlchemy insert one row at a time on SQLite), so they are matched to the contents by
+    the Message-ID, which is new and unique for every row."""
+    table = DeliveryContent.__table__
+    inserted = session.execute(
+        insert(Delivery.__table__).returning(Delivery.id, Delivery.message_id), rows
+    )
+    ids = {message_id: delivery_id for delivery_id, message_id in inserted}
+    contents = [
+        {
+            "delivery_id": ids[row["message_id"]],
+            "text_body": letter.text_body,
+            "html_body": letter.html_body,
+            "headers": letter.headers,
+        }
+        for row, letter in zip(rows, letters, strict=True)
+    ]
+    session.execute(insert(table), contents)
+    return ids
 
 
 def _rows(
@@ -120,9 +148,6 @@ def _row(
         "from_address": letter.from_address,
         "reply_to": letter.reply_to,
         "subject": letter.subject,
-        "text_body": letter.text_body,
-        "html_body": letter.html_body,
-        "headers": letter.headers,
         "message_id": new_message_id(letter.from_address),
         "status": status,
         "attempts": 0,
@@ -281,7 +306,10 @@ class Claimed:
     expires_at: datetime
 
 
-_CLAIMED_COLUMNS = [getattr(Delivery, name) for name in Claimed.__dataclass_fields__]
+_CONTENT_FIELDS = ("text_body", "html_body", "headers")
+_CLAIMED_COLUMNS = [
+    getattr(Delivery, name) for name in Claimed.__dataclass_fields__ if name not in _CONTENT_FIELDS
+]
 
 
 CLAIM_ORDER = (Status.SENDING, Status.DEFERRED, Status.QUEUED)
@@ -302,12 +330,25 @@ def claim(
     over several statuses had to sort every due row. PostgreSQL skips rows other workers
     are claiming; SQLite serialises writers, which has the same effect.
     """
-    claimed: list[Claimed] = []
+    rows: list[Row[Any]] = []
     for status in CLAIM_ORDER:
-        if len(claimed) == limit:
+        if len(rows) == limit:
             break
-        claimed += _claim_due(session, status, owner, limit - len(claimed), now, lease)
-    return claimed
+        rows += _claim_due(session, status, owner, limit - len(rows), now, lease)
+    contents = _contents(session, [row.id for row in rows])
+    return [Claimed(**row._asdict(), **contents.get(row.id, _NO_CONTENT)) for row in rows]
+
+
+_NO_CONTENT = dict.fromkeys(_CONTENT_FIELDS)
+
+
+def _contents(session: Session, ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """The bodies and headers of the claimed rows, read in one statement."""
+    if not ids:
+        return {}
+    table = DeliveryContent.__table__
+    rows = session.execute(select(table).where(table.c.delivery_id.in_(ids)))
+    return {row.delivery_id: {name: getattr(row, name) for name in _CONTENT_FIELDS} for row in rows}
 
 
 def _claim_due(
@@ -317,7 +358,7 @@ def _claim_due(
     limit: int,
     now: datetime,
     lease: timedelta,
-) -> list[Claimed]:
+) -> list[Row[Any]]:
     """Lease up to `limit` rows in `status` whose `next_attempt_at` has come, oldest first."""
     due = (
         select(Delivery.id)
@@ -338,7 +379,7 @@ def _claim_due(
         )
         .returning(*_CLAIMED_COLUMNS)
     )
-    return [Claimed(*row) for row in rows]
+    return list(rows)
 
 
 def renew(
