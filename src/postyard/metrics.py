@@ -73,6 +73,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self._latency: dict[str, Histogram] = {}
+        """`smtp_seconds` bound to each server label: `labels()` validates and locks on
+        every call, and the worker observes once per message."""
         self._queue: QueueCollector | None = None
         self._exposed = self.registry
 
@@ -103,7 +106,10 @@ class Metrics:
                 self.deliveries.labels(outcome, server, campaign_type).inc(n)
 
     def observe_transaction(self, server: str, seconds: float) -> None:
-        self.smtp_seconds.labels(server).observe(seconds)
+        latency = self._latency.get(server)
+        if latency is None:
+            latency = self._latency[server] = self.smtp_seconds.labels(server)
+        latency.observe(seconds)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""

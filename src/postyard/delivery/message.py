@@ -34,6 +34,7 @@ from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
+from functools import lru_cache
 from typing import cast
 
 from postyard.delivery.outbox import Claimed
@@ -124,11 +125,11 @@ def _refuse_line_breaks(delivery: Claimed) -> None:
 def _fast_message(delivery: Claimed, now: datetime) -> bytes | None:
     """The message written directly, or None when it holds anything unusual."""
     head: list[str | None] = [
-        _mailbox_field("From", delivery.from_address),
+        _sender_field("From", delivery.from_address),
         _mailbox_field("To", delivery.to_address),
     ]
     if delivery.reply_to:
-        head.append(_mailbox_field("Reply-To", delivery.reply_to))
+        head.append(_sender_field("Reply-To", delivery.reply_to))
     head.append(_text_field("Subject", delivery.subject))
     head.append(_date_field(now))
     message_id = delivery.message_id
@@ -178,6 +179,12 @@ def _fast_message(delivery: Claimed, now: datetime) -> bytes | None:
             b"--\r\n",
         )
     )
+
+
+@lru_cache(maxsize=256)
+def _sender_field(name: str, value: str) -> str | None:
+    """From and Reply-To repeat in every message of a campaign: each is written once."""
+    return _mailbox_field(name, value)
 
 
 def _mailbox_field(name: str, value: str) -> str | None:
@@ -282,12 +289,8 @@ def _encode_body(text: str) -> tuple[bytes, bytes]:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if not text.endswith("\n"):
         text += "\n"
-    if (
-        text.isascii()
-        and "\0" not in text
-        and (len(text) <= LINE_LIMIT + 1 or max(map(len, text.split("\n"))) <= LINE_LIMIT)
-    ):
-        return b"7bit", text.replace("\n", "\r\n").encode("ascii")
+    if text.isascii() and "\0" not in text and _lines_within_limit(text):
+        return b"7bit", text.encode("ascii").replace(b"\n", b"\r\n")
     raw = text.replace("\n", "\r\n").encode("utf-8")
     # binascii's C encoder, CRLF in and out (it follows the input's first line end).
     encoded = binascii.b2a_qp(raw, istext=True)
@@ -301,6 +304,18 @@ def _encode_body(text: str) -> tuple[bytes, bytes]:
         if len(wrapped) < len(encoded):
             return b"base64", wrapped
     return b"quoted-printable", encoded
+
+
+def _lines_within_limit(text: str) -> bool:
+    """Whether no line of `text` (which ends with LF) is over 998 characters; it looks for
+    a line end in each stretch of 999 characters instead of splitting every line."""
+    start, size = 0, len(text)
+    while size - start > LINE_LIMIT + 1:
+        end = text.rfind("\n", start, start + LINE_LIMIT + 1)
+        if end < 0:
+            return False
+        start = end + 1
+    return True
 
 
 def _boundary(*parts: bytes) -> bytes:

@@ -6,9 +6,14 @@ round trips that a reused connection skips for every message after the first.
 A configured server's limits hold across every worker process (see `throttle`): each
 connection leases one of its `max_connections` slots, each message waits for its turn
 under `rate_limit_per_second`, and a connection says QUIT after
-`max_messages_per_connection` messages. The semaphore here keeps one process from
-polling for more slots than the server has. With no rate and no per-connection limit,
-the only cost per message is a counter: slots are leased per connection, not per message.
+`max_messages_per_connection` messages. Within one process, at most `max_connections`
+messages hold a turn at once, so that it never polls for more slots than the server has. With
+no rate and no per-connection limit, the only cost per message is a counter: slots are leased
+per connection, not per message.
+
+A message that finishes hands its turn, and its connection when that goes on, straight to the
+first message waiting for one: a busy pool passes each connection from message to message
+without putting it in the idle list, checking it again or waking anyone else.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections import deque
+from contextlib import suppress
 from dataclasses import dataclass
+from types import TracebackType
 
 import aiosmtplib
 
@@ -90,10 +96,14 @@ class ConnectionPool:
     ) -> None:
         self.endpoint = endpoint
         self._local_hostname = local_hostname
-        self._slots = asyncio.Semaphore(endpoint.max_connections)
         self._idle: list[_Connection] = []
         self._in_use = 0
+        """Messages holding a turn: at most `max_connections`."""
+        self._turns: deque[asyncio.Future[_Connection | None]] = deque()
+        """Messages waiting for a turn, first come first served; each gets the turn of a
+        message that finished, with that message's connection when it goes on."""
         self._waiting = 0
+        """Messages for this server in this process: waiting for a turn or holding one."""
         self._polling = False
         self._returned: asyncio.Future[None] | None = None
         """Resolved when a connection goes back to `_idle` or frees its slot, for the
@@ -111,40 +121,89 @@ class ConnectionPool:
     def is_idle(self) -> bool:
         return self._in_use == 0 and time.monotonic() - self.last_used > MAX_IDLE_SECONDS
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[Session]:
+    def connection(self) -> Lease:
         """A connected, authenticated session, at this message's turn under the server's rate;
         it returns to the pool unless it failed or has carried its share of messages."""
+        return Lease(self)
+
+    async def lend(self) -> _Connection:
+        """Wait for a turn, then for a connection and the message's send time."""
         self._waiting += 1
         try:
-            async with self._slots:
-                self._in_use += 1
-                try:
-                    connection = await self._acquire()
-                    try:
-                        if self._pacer is not None:
-                            rate = self.endpoint.rate_limit_per_second or 0.0
-                            await self._pacer.wait_turn(rate, self._waiting)
-                        yield connection.session
-                    except REFUSALS as refusal:
-                        # The server refused the message, not the session: after the RSET
-                        # the connection carries the next one (unless it said 421 and left).
-                        if _refused_the_session(refusal):
-                            await self._close(connection)
-                        else:
-                            await self._put_back(connection)
-                        raise
-                    except BaseException:
-                        await self._close(connection)
-                        raise
-                    await self._put_back(connection)
-                finally:
-                    self._in_use -= 1
-                    self.last_used = time.monotonic()
+            connection = await self._turn()
+        except BaseException:
+            self._done_waiting()
+            raise
+        try:
+            if connection is None:
+                connection = await self._acquire()
+            if self._pacer is not None:
+                rate = self.endpoint.rate_limit_per_second or 0.0
+                await self._pacer.wait_turn(rate, self._waiting)
+        except BaseException:
+            try:
+                if connection is not None:
+                    await self._close(connection)
+            finally:
+                self._pass_turn(None)
+                self._done_waiting()
+            raise
+        return connection
+
+    async def take_back(self, connection: _Connection, error: BaseException | None) -> None:
+        """End a message's turn: the connection goes on after the message was sent, or was
+        refused by a server that went on with the session (after the RSET the connection
+        carries the next message), unless it has carried its share; else it is closed."""
+        kept = None
+        try:
+            if error is None or (isinstance(error, REFUSALS) and not _refused_the_session(error)):
+                connection.messages += 1
+                if self._keeps(connection):
+                    kept = connection
+            if kept is None:
+                await self._close(connection)
         finally:
-            self._waiting -= 1
-            if self._waiting == 0 and self.holds_idle_slots and self._hand_over is None:
-                self._hand_over = asyncio.create_task(self._hand_over_idle_slots())
+            self._pass_turn(kept)
+            self._done_waiting()
+
+    async def _turn(self) -> _Connection | None:
+        """Wait for a turn; returns the connection that came with it, if one did."""
+        if self._in_use < self.endpoint.max_connections and not self._turns:
+            self._in_use += 1
+            return None
+        turn: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        self._turns.append(turn)
+        try:
+            return await turn
+        except BaseException:
+            if turn.cancelled():
+                with suppress(ValueError):  # `_pass_turn` skipped it already
+                    self._turns.remove(turn)
+            else:  # the turn came just as the wait was cancelled: pass it on
+                self._pass_turn(turn.result())
+            raise
+
+    def _pass_turn(self, connection: _Connection | None) -> None:
+        """Give a finished message's turn to the first message waiting for one, with its
+        connection when it goes on; messages that hold a turn but wait for a connection
+        (every slot taken) take that connection first, as they waited longer."""
+        if connection is not None and self._returned is not None:
+            self._idle_again(connection)
+            connection = None
+        while self._turns:
+            turn = self._turns.popleft()
+            if not turn.done():
+                turn.set_result(connection)
+                return
+        self._in_use -= 1
+        self.last_used = time.monotonic()
+        if connection is not None:
+            self._idle_again(connection)
+
+    def _done_waiting(self) -> None:
+        self._waiting -= 1
+        if self._waiting == 0 and self.holds_idle_slots and self._hand_over is None:
+            self._hand_over = asyncio.create_task(self._hand_over_idle_slots())
 
     async def _hand_over_idle_slots(self) -> None:
         """While this process has no message for the server, give its idle connections'
@@ -167,15 +226,10 @@ class ConnectionPool:
         finally:
             self._hand_over = None
 
-    async def _put_back(self, connection: _Connection) -> None:
-        """Count the message; keep the connection for the next unless it is spent."""
-        connection.messages += 1
-        if self._keeps(connection):
-            connection.idle_since = time.monotonic()
-            self._idle.append(connection)
-            self._wake()
-        else:
-            await self._close(connection)
+    def _idle_again(self, connection: _Connection) -> None:
+        connection.idle_since = time.monotonic()
+        self._idle.append(connection)
+        self._wake()
 
     def _keeps(self, connection: _Connection) -> bool:
         limit = self.endpoint.max_messages_per_connection
@@ -304,6 +358,30 @@ async def close_client(client: aiosmtplib.SMTP) -> None:
         with suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
             await client.quit(timeout=5)
     client.close()
+
+
+class Lease:
+    """`ConnectionPool.connection()`: a class rather than a generator-based context manager,
+    which cost more per message than the rest of taking a connection from a busy pool."""
+
+    __slots__ = ("_connection", "_pool")
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._connection: _Connection | None = None
+
+    async def __aenter__(self) -> Session:
+        self._connection = await self._pool.lend()
+        return self._connection.session
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        assert self._connection is not None
+        await self._pool.take_back(self._connection, error)
 
 
 class Pools:

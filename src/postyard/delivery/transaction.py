@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from contextlib import suppress
 from functools import lru_cache
+from typing import NamedTuple
 
 import aiosmtplib
 from aiosmtplib.email import parse_address
@@ -33,7 +34,7 @@ from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, normalize_message_line_
 from postyard.delivery.pool import Session
 from postyard.delivery.smtp_pipeline import Pipeline
 
-__all__ = ["envelope", "envelope_address", "send"]
+__all__ = ["Envelope", "envelope", "envelope_address", "send", "send_enveloped"]
 
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
 _DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
@@ -63,16 +64,27 @@ def _parsed(mailbox: str) -> str:
     return address
 
 
-def envelope(sender: str, recipient: str) -> tuple[bytes, bytes]:
-    """The MAIL FROM and RCPT TO addresses; raises ValueError for a mailbox that cannot go
-    on a command line, or one that is not ASCII (that would need SMTPUTF8)."""
-    addresses = []
-    for mailbox in (sender, recipient):
-        address = envelope_address(mailbox)
-        if not address.isascii():
-            raise ValueError(f"{address!r} is not ASCII: sending to it needs SMTPUTF8")
-        addresses.append(address.encode("ascii"))
-    return addresses[0], addresses[1]
+class Envelope(NamedTuple):
+    """The mailboxes of one message as its headers give them, and their addresses as MAIL
+    FROM and RCPT TO carry them."""
+
+    sender: str
+    recipient: str
+    mail_from: bytes
+    rcpt_to: bytes
+
+
+def envelope(sender: str, recipient: str) -> Envelope:
+    """The envelope of a message; raises ValueError for a mailbox that cannot go on a
+    command line, or one that is not ASCII (that would need SMTPUTF8)."""
+    return Envelope(sender, recipient, _command_address(sender), _command_address(recipient))
+
+
+def _command_address(mailbox: str) -> bytes:
+    address = envelope_address(mailbox)
+    if not address.isascii():
+        raise ValueError(f"{address!r} is not ASCII: sending to it needs SMTPUTF8")
+    return address.encode("ascii")
 
 
 async def send(
@@ -80,7 +92,15 @@ async def send(
 ) -> aiosmtplib.SMTPResponse:
     """Send `message` (CRLF line ends, as `build_message` writes) from `sender` to
     `recipient` (mailboxes as in the message's headers); returns the DATA reply."""
-    mail_from, rcpt_to = envelope(sender, recipient)
+    return await send_enveloped(session, envelope(sender, recipient), message)
+
+
+async def send_enveloped(
+    session: Session, addresses: Envelope, message: bytes
+) -> aiosmtplib.SMTPResponse:
+    """`send` with the envelope already worked out: the worker checks it before it takes a
+    connection, and need not parse the addresses twice."""
+    sender, recipient, mail_from, rcpt_to = addresses
     pipeline = session.pipeline
     if pipeline is None:
         client = session.client

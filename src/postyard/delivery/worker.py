@@ -111,6 +111,7 @@ NO_ROUTE = Reply(
 class Routes:
     """The servers of the workspaces in one batch, read once for the whole batch (R6)."""
 
+    has_default_relay: bool = False
     servers: dict[int, list[routing.Server]] = field(default_factory=lambda: defaultdict(list))
     endpoints: dict[int, Endpoint] = field(default_factory=dict)
     suppressed: dict[int, set[str]] = field(default_factory=dict)
@@ -120,23 +121,38 @@ class Routes:
     """Workspaces whose failover setting is on."""
     trials: set[int] = field(default_factory=set)
     """Marked servers that take one message of this batch as a trial instead of failing over."""
+    resolved: dict[tuple[int, str], routing.Route] = field(default_factory=dict)
+    """The routes worked out so far, by workspace and campaign type: the rules give the same
+    answer for every message of a type until a server is found down or back."""
 
-    def resolve(
-        self, workspace_id: int, campaign_type: CampaignType, has_default_relay: bool
-    ) -> routing.Route:
+    def resolve(self, workspace_id: int, campaign_type: str) -> routing.Route:
         """The route by the rules (R5, R7, failover); a failed-over type's own server takes
         the batch's trial message when one is due, to find out whether it is back."""
-        route = routing.resolve(
-            self.servers[workspace_id],
-            campaign_type,
-            has_default_relay,
-            unreachable=self.unreachable,
-            failover=workspace_id in self.failover,
-        )
+        route = self.resolved.get((workspace_id, campaign_type))
+        if route is None:
+            route = self.resolved[workspace_id, campaign_type] = routing.resolve(
+                self.servers[workspace_id],
+                CampaignType(campaign_type),
+                self.has_default_relay,
+                unreachable=self.unreachable,
+                failover=workspace_id in self.failover,
+            )
         if route.via == Via.FAILOVER and route.down is not None and route.down.id in self.trials:
             self.trials.discard(route.down.id)
-            return routing.Route(campaign_type, route.down, Via.SPECIFIC)
+            return routing.Route(route.campaign_type, route.down, Via.SPECIFIC)
         return route
+
+    def note_reachability(self, server_id: int, down: bool) -> bool:
+        """Note a server found down or reachable; True when that is news to the batch (its
+        routes are then worked out again), so that it is written once per change of state."""
+        if (server_id in self.unreachable) == down:
+            return False
+        if down:
+            self.unreachable.add(server_id)
+        else:
+            self.unreachable.discard(server_id)
+        self.resolved.clear()
+        return True
 
 
 @dataclass(frozen=True)
@@ -472,7 +488,7 @@ class Worker:
             )
 
     def _load_routes(self, claimed: Sequence[Claimed]) -> Routes:
-        routes = Routes()
+        routes = Routes(has_default_relay=self.default_relay is not None)
         workspace_ids = {d.workspace_id for d in claimed}
         with self.database.session() as session:
             for server in session.scalars(
@@ -513,11 +529,7 @@ class Worker:
                     last_error=outbox.SUPPRESSION_LIST,
                 ),
             )
-        route = routes.resolve(
-            delivery.workspace_id,
-            CampaignType(delivery.campaign_type),
-            has_default_relay=self.default_relay is not None,
-        )
+        route = routes.resolve(delivery.workspace_id, delivery.campaign_type)
         if route.server is not None and route.server.id is not None:
             endpoint = routes.endpoints[route.server.id]
         elif self.default_relay is not None:
@@ -530,19 +542,18 @@ class Worker:
         except ValueError as error:
             return self._refused_here(delivery, f"render_error: {error}", now)
         try:
-            transaction.envelope(delivery.from_address, delivery.to_address)
+            addresses = transaction.envelope(delivery.from_address, delivery.to_address)
         except ValueError as error:
             return self._refused_here(delivery, f"invalid_address: {error}", now)
-        server = server_label(endpoint.server_id, default_relay=True)
+        server_id = endpoint.server_id
+        server = server_label(server_id, default_relay=True)
         down: str | None = None
         try:
-            async with self.pools.for_endpoint(endpoint).connection() as client:
+            async with self.pools.for_endpoint(endpoint).connection() as session:
                 self._transacting.add(delivery.id)
                 began = time.perf_counter()
                 try:
-                    response = await transaction.send(
-                        client, delivery.from_address, delivery.to_address, data
-                    )
+                    response = await transaction.send_enveloped(session, addresses, data)
                 finally:
                     self._transacting.discard(delivery.id)
                     self.metrics.observe_transaction(server, time.perf_counter() - began)
@@ -555,7 +566,7 @@ class Worker:
                 delivery.id,
                 Status.FAILED,
                 self.clock(),
-                smtp_server_id=endpoint.server_id,
+                smtp_server_id=server_id,
                 route_via=via,
                 last_error=refusal.error,
             )
@@ -569,38 +580,32 @@ class Worker:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as error:
             reply = Reply(None, f"connection to {endpoint.name} lost: {describe_error(error)}")
         else:
+            sent_at = self.clock()
             outcome = Outcome(
                 delivery.id,
                 Status.SENT,
-                self.clock(),
-                smtp_server_id=endpoint.server_id,
+                sent_at,
+                smtp_server_id=server_id,
                 route_via=via,
                 smtp_response=f"{response.code} {response.message}",
-                sent_at=self.clock(),
+                sent_at=sent_at,
             )
-            await self._note_reachability(routes, endpoint, None)
+            if server_id is not None and routes.note_reachability(server_id, down=False):
+                await self._write_reachability(server_id, None)
             return Attempt(delivery, outcome, server=server)
-        await self._note_reachability(routes, endpoint, down)
+        if server_id is not None and routes.note_reachability(server_id, down=down is not None):
+            await self._write_reachability(server_id, down)
         return self._failed_attempt(delivery, reply, endpoint, via)
 
     def _refused_here(self, delivery: Claimed, reason: str, now: datetime) -> Attempt:
         """A message no server could take as it is: failed, without trying."""
         return Attempt(delivery, Outcome(delivery.id, Status.FAILED, now, last_error=reason))
 
-    async def _note_reachability(
-        self, routes: Routes, endpoint: Endpoint, down: str | None
-    ) -> None:
-        """Mark the server unreachable (`down` says why) or reachable, only when that differs
-        from what the batch read: once per change of state, never per message."""
-        server_id = endpoint.server_id
-        if server_id is None or (server_id in routes.unreachable) == (down is not None):
-            return
-        if down is None:
-            routes.unreachable.discard(server_id)
-        else:
-            routes.unreachable.add(server_id)
+    async def _write_reachability(self, server_id: int, down: str | None) -> None:
+        """Mark the server unreachable (`down` says why) or reachable: once per change of
+        state (see `Routes.note_reachability`), never per message."""
         try:
-            await asyncio.to_thread(self._write_reachability, server_id, down)
+            await asyncio.to_thread(self._mark_reachability, server_id, down)
         except Exception:  # the database failed: the next batch reads the old state and retries
             log.exception(
                 "delivery worker %s: recording server %s's reachability failed",
@@ -608,7 +613,7 @@ class Worker:
                 server_id,
             )
 
-    def _write_reachability(self, server_id: int, down: str | None) -> None:
+    def _mark_reachability(self, server_id: int, down: str | None) -> None:
         with self.database.session() as session:
             if down is None:
                 reachability.mark_reachable(session, server_id)
@@ -698,13 +703,14 @@ class Worker:
 
 
 _ADDRESS = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+")
+_BARE_VALUE = re.compile(r"[A-Za-z0-9_.:/@+-]+")
 
 
 def _value(value: object) -> str:
     """A logfmt value: bare when it can be, else quoted with escapes, so a server's reply
     can neither break the line nor forge a field."""
     text = "-" if value is None else str(value)
-    if text and all(c.isalnum() or c in "-_.:/@+" for c in text) and text.isascii():
+    if _BARE_VALUE.fullmatch(text):
         return text
     return json.dumps(text)
 
@@ -721,6 +727,10 @@ def outcome_line(attempt: Attempt) -> str:
     message, a credential, or the recipient's address."""
     delivery, outcome = attempt.delivery, attempt.outcome
     detail = outcome.smtp_response if outcome.status is Status.SENT else outcome.last_error
+    if detail:
+        detail = detail[:300]
+        if "@" in detail:  # the search for addresses costs more than the rest of the line
+            detail = _ADDRESS.sub("<address>", detail)
     fields = (
         ("event", "delivery"),
         ("workspace", delivery.workspace_id),
@@ -731,7 +741,7 @@ def outcome_line(attempt: Attempt) -> str:
         ("status", outcome.status.value),
         ("reply_code", _reply_code(outcome)),
         ("attempts", delivery.attempts),
-        ("detail", _ADDRESS.sub("<address>", detail[:300]) if detail else None),
+        ("detail", detail or None),
     )
     return " ".join(f"{key}={_value(value)}" for key, value in fields)
 
