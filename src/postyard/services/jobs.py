@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from postyard.conditions import parse
 from postyard.db.engine import Database
-from postyard.db.models import BroadcastTrigger, Campaign, Person
+from postyard.db.models import BroadcastTrigger, Campaign
 from postyard.delivery.outbox import Letter
 from postyard.routing import CampaignType
 from postyard.services import fanout, segments
@@ -289,8 +289,8 @@ class Jobs:
         return fanout.RecipientBatch(letters, [], next_cursor)
 
     def _matching(
-        self, session: Session, tree: dict[str, Any], people: list[Person]
-    ) -> list[Person]:
+        self, session: Session, tree: dict[str, Any], people: list[fanout.Recipient]
+    ) -> list[fanout.Recipient]:
         condition = parse(tree)
         now = self.runtime.clock()
         return [

@@ -27,6 +27,7 @@ from postyard.db.models import Campaign, Person, PersonEvent, Segment, SegmentMe
 from postyard.services import triggers
 from postyard.services.campaigns import State
 from postyard.services.errors import Conflict, InvalidInput, NotFound
+from postyard.services.fanout import Recipient
 from postyard.services.runtime import Runtime
 from postyard.services.workspaces import Caller
 
@@ -250,7 +251,7 @@ def rules_for(session: Session, workspace_id: int) -> list[Rule]:
     return [Rule(segment_id, conditions.parse(tree)) for segment_id, tree in rows]
 
 
-def facts_for(session: Session, person: Person, now: datetime) -> Facts:
+def facts_for(session: Session, person: Recipient, now: datetime) -> Facts:
     """What conditions see of `person`: attributes, and the times of their events by name."""
     return Facts(_attributes(person), _events_of(session, [person.id], None)[person.id], now)
 
@@ -426,7 +427,7 @@ def _events_of(
     return events
 
 
-def _attributes(person: Person) -> Mapping[str, Any]:
+def _attributes(person: Recipient) -> Mapping[str, Any]:
     """The stored attributes, with `email` and `unsubscribed` (kept in columns) among them."""
     attributes = {**person.attributes, "unsubscribed": person.unsubscribed}
     if person.email is not None:
