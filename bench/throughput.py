@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,16 +207,40 @@ def configure(client: httpx.Client, sinks: Sequence[Sink], args: argparse.Namesp
     return int(campaign["id"])
 
 
-def wait_received(sinks: Sequence[Sink], count: int, serve: Serve, timeout: float) -> float:
-    """Seconds until the sinks have counted `count` messages between them."""
+@dataclass(frozen=True)
+class Timeline:
+    seconds: float
+    """From the send until the sinks counted every message."""
+    queued_seconds: float | None
+    """From the send until the campaign was `sent` (every message queued): when this is close
+    to `seconds`, fan-out set the pace; when far below, delivery did."""
+
+
+def wait_received(
+    client: httpx.Client,
+    campaign_id: int,
+    sinks: Sequence[Sink],
+    count: int,
+    serve: Serve,
+    timeout: float,
+) -> Timeline:
+    """Wait until the sinks have counted `count` messages between them, noting when fan-out
+    finished on the way (the campaign's state, read twice a second)."""
     started = time.perf_counter()
+    queued: float | None = None
+    next_look = started
     while sum(sink.delivered() for sink in sinks) < count:
         if serve.process.poll() is not None:
             raise BenchError(f"postyard serve exited with {serve.process.returncode}")
-        if time.perf_counter() - started > timeout:
+        now = time.perf_counter()
+        if now - started > timeout:
             break
+        if queued is None and now >= next_look:
+            next_look = now + 0.5
+            if api(client, "GET", f"/v1/campaigns/{campaign_id}")["state"] == "sent":
+                queued = now - started
         time.sleep(0.02)
-    return time.perf_counter() - started
+    return Timeline(time.perf_counter() - started, queued)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -247,7 +272,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cpu_before = sampler.cpu_seconds()
             started = time.perf_counter()
             api(client, "POST", f"/v1/campaigns/{campaign_id}/send", {})
-            seconds = wait_received(sinks, args.people, serve, args.timeout)
+            timeline = wait_received(client, campaign_id, sinks, args.people, serve, args.timeout)
             cpu = sampler.cpu_seconds() - cpu_before
         load_after = os.getloadavg()[0]
         received = [sink.delivered() for sink in sinks]
@@ -267,6 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         problems.append(f"smtp-source: sink received {source['received']}")
     if naive["received"] != args.naive_messages:
         problems.append(f"naive loop: sink received {naive['received']}")
+    seconds = timeline.seconds
     rate = args.people / seconds
     return {
         **provenance("throughput", digest, load_before),
@@ -277,6 +303,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "serve_workers": args.serve_workers,
         "setup_seconds": round(setup_seconds, 2),
         "seconds": round(seconds, 3),
+        "queued_seconds": (
+            None if timeline.queued_seconds is None else round(timeline.queued_seconds, 3)
+        ),
         "msgs_per_s": round(rate, 1),
         "serve_cpu_seconds": round(cpu, 3),
         "cpu_us_per_msg": round(cpu / args.people * 1e6, 1),
@@ -310,6 +339,10 @@ def _sent_counts(client: httpx.Client, campaign_id: int, expected: int) -> dict[
         time.sleep(0.2)
 
 
+def _seconds_or_dash(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.1f} s"
+
+
 def summary(r: dict[str, Any]) -> str:
     source, naive = r["smtp_source"], r["naive"]
 
@@ -321,6 +354,7 @@ def summary(r: dict[str, Any]) -> str:
         ("people", f"{r['people']:,} (set-up through the API {r['setup_seconds']:.0f} s)"),
         ("serve --workers", str(r.get("serve_workers", 0))),
         ("send to all accepted", f"{r['seconds']:.1f} s"),
+        ("send to all queued", _seconds_or_dash(r.get("queued_seconds"))),
         ("Postyard", f"{r['msgs_per_s']:,.0f} msg/s"),
         (
             "serve CPU per message",
