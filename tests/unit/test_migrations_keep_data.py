@@ -6,10 +6,12 @@ dropping the old table would cascade into every table that refers to it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 
 from postyard.db.migrate import alembic_config
 
@@ -29,42 +31,44 @@ ROWS = {
 }
 
 
+@contextmanager
+def upgraded(tmp_path: Path, revision: str, statements: Sequence[str]) -> Iterator[Connection]:
+    """A SQLite database migrated to `revision`, given rows by `statements`, then upgraded
+    to the head: a connection to it."""
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    command.upgrade(alembic_config(url), revision)
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            for statement in statements:
+                connection.execute(text(statement), {"t": "2026-01-01 00:00:00"})
+        command.upgrade(alembic_config(url), "head")
+        with engine.begin() as connection:
+            yield connection
+    finally:
+        engine.dispose()
+
+
 def test_upgrading_a_populated_sqlite_database_from_0003_keeps_every_row(
     tmp_path: Path,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    command.upgrade(alembic_config(url), "0003")
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        for insert in ROWS.values():
-            connection.execute(text(insert), {"t": "2026-01-01 00:00:00"})
-    command.upgrade(alembic_config(url), "head")
-    with engine.begin() as connection:
+    with upgraded(tmp_path, "0003", list(ROWS.values())) as connection:
         counts = {
             table: connection.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
             for table in ROWS
         }
-    engine.dispose()
     assert counts == dict.fromkeys(ROWS, 1)
 
 
 def test_upgrading_moves_each_delivery_s_bodies_and_headers_to_its_contents_row(
     tmp_path: Path,
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    command.upgrade(alembic_config(url), "0005")
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        for table in ("workspaces", "deliveries"):
-            connection.execute(text(ROWS[table]), {"t": "2026-01-01 00:00:00"})
-        connection.execute(
-            text(
-                "UPDATE deliveries SET text_body = 'Hello', html_body = '<p>Hello</p>', "
-                'headers = \'{"X-Campaign": "7"}\''
-            )
-        )
-    command.upgrade(alembic_config(url), "head")
-    with engine.begin() as connection:
+    with_contents = (
+        "UPDATE deliveries SET text_body = 'Hello', html_body = '<p>Hello</p>', "
+        'headers = \'{"X-Campaign": "7"}\''
+    )
+    statements = [ROWS["workspaces"], ROWS["deliveries"], with_contents]
+    with upgraded(tmp_path, "0005", statements) as connection:
         contents = connection.execute(
             text("SELECT delivery_id, text_body, html_body, headers FROM delivery_contents")
         ).all()
@@ -72,7 +76,6 @@ def test_upgrading_moves_each_delivery_s_bodies_and_headers_to_its_contents_row(
         autoincrement = connection.execute(
             text("SELECT count(*) FROM sqlite_sequence WHERE name = 'deliveries'")
         ).scalar_one()
-    engine.dispose()
     assert [tuple(row) for row in contents] == [(1, "Hello", "<p>Hello</p>", '{"X-Campaign": "7"}')]
     assert not columns & {"text_body", "html_body", "headers"}
     assert autoincrement == 1, "deliveries keeps AUTOINCREMENT: ids are never reused"
