@@ -5,6 +5,7 @@ a worker that lost a lease all the same does not start those messages."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import Counter
@@ -17,10 +18,13 @@ from fastapi.testclient import TestClient
 from integration_helpers import add_server, queue
 from sqlalchemy import select, update
 
+from postyard.clock import utcnow
 from postyard.config import Settings
 from postyard.db.engine import Database
 from postyard.db.models import Delivery
-from postyard.delivery.worker import Worker
+from postyard.delivery.outbox import Outcome
+from postyard.delivery.policy import Status
+from postyard.delivery.worker import Attempt, Worker, _Batch
 from postyard.localsmtp import free_port
 
 DATA_SECONDS = 0.4
@@ -162,3 +166,40 @@ def test_a_worker_that_lost_its_lease_does_not_start_those_messages(
     assert 1 <= len(sink.received()) < messages
     final = rows(database)
     assert [(row.status, row.lease_owner) for row in final] == [("sending", "thief")] * messages
+
+
+def test_a_flush_does_not_take_a_message_it_records_for_one_whose_lease_was_lost(
+    make_api: ApiFactory,
+    database: Database,
+    settings: Settings,
+    sink: SlowSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A message can end just before a flush runs, while the batch still counts it as in
+    flight (its done callback has not run yet): that flush records it and must not then
+    find its lease "lost" because the row it has just written is no longer `sending`."""
+    prepare(make_api, sink, 2)
+    worker = Worker(database, settings)
+
+    async def run() -> set[int]:
+        [finished, unfinished] = await asyncio.to_thread(worker._claim)
+        now = utcnow()
+        outcome = Outcome(finished.id, Status.SENT, now, smtp_response="250 OK", sent_at=now)
+        ended = asyncio.create_task(asyncio.sleep(0, Attempt(finished, outcome)))
+        under_way = asyncio.create_task(asyncio.sleep(60, Attempt(unfinished, outcome)))
+        await asyncio.sleep(0.01)
+        batch = _Batch({ended: finished, under_way: unfinished}, flush_at=0)
+        try:
+            await worker._flush(batch, {ended, under_way})
+        finally:
+            under_way.cancel()
+        return batch.lost
+
+    with caplog.at_level(logging.WARNING, logger="postyard.delivery.worker"):
+        lost = asyncio.run(run())
+    assert lost == set()
+    assert "lost the lease" not in caplog.text
+    assert [(row.status, row.lease_owner) for row in rows(database)] == [
+        ("sent", None),
+        ("sending", worker.owner),
+    ]

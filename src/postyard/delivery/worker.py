@@ -417,8 +417,12 @@ class Worker:
             and task.exception() is None
         ]
         attempts = [task.result() for task in done]
+        # An attempt can end before its done callback takes it out of `pending`: it is
+        # recorded above, so its row is no longer `sending` and must not be renewed.
         in_flight = {
-            batch.tasks[task].id: task for task in pending if batch.tasks[task].id not in batch.lost
+            batch.tasks[task].id: task
+            for task in pending
+            if not task.done() and batch.tasks[task].id not in batch.lost
         }
         try:
             # Not cancellable: the outcomes and the renewal are written whole or not at all.
