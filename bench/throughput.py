@@ -41,13 +41,14 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import create_engine, text
 
 from common import (
     LOCALHOST,
@@ -217,8 +218,7 @@ class Timeline:
 
 
 def wait_received(
-    client: httpx.Client,
-    campaign_id: int,
+    campaign_state: Callable[[], str],
     sinks: Sequence[Sink],
     count: int,
     serve: Serve,
@@ -237,10 +237,28 @@ def wait_received(
             break
         if queued is None and now >= next_look:
             next_look = now + 0.5
-            if api(client, "GET", f"/v1/campaigns/{campaign_id}")["state"] == "sent":
+            if campaign_state() == "sent":
                 queued = now - started
         time.sleep(0.02)
     return Timeline(time.perf_counter() - started, queued)
+
+
+@contextmanager
+def campaign_state_reader(database_url: str, campaign_id: int) -> Iterator[Callable[[], str]]:
+    """The campaign's state, read from the database itself: `GET /v1/campaigns/{id}` also
+    counts the campaign's deliveries, and at twice a second those counts took a third of
+    serve's CPU during a 100,000-message send, slowing what is measured."""
+    engine = create_engine(database_url)
+    statement = text("SELECT state FROM campaigns WHERE id = :id")
+
+    def state() -> str:
+        with engine.connect() as connection:
+            return str(connection.execute(statement, {"id": campaign_id}).scalar_one())
+
+    try:
+        yield state
+    finally:
+        engine.dispose()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -263,6 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load_people(client, args.people)
         setup_seconds = time.perf_counter() - started
 
+        state = stack.enter_context(campaign_state_reader(db.url, campaign_id))
         load_before = os.getloadavg()[0]
         pid = serve.process.pid
         if args.profile:
@@ -272,7 +291,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cpu_before = sampler.cpu_seconds()
             started = time.perf_counter()
             api(client, "POST", f"/v1/campaigns/{campaign_id}/send", {})
-            timeline = wait_received(client, campaign_id, sinks, args.people, serve, args.timeout)
+            timeline = wait_received(state, sinks, args.people, serve, args.timeout)
             cpu = sampler.cpu_seconds() - cpu_before
         load_after = os.getloadavg()[0]
         received = [sink.delivered() for sink in sinks]
