@@ -150,8 +150,8 @@ class Handler:
     refuse_sender: dict[str, str] = field(default_factory=dict)
     refuse_recipient: dict[str, str] = field(default_factory=dict)
     refuse_message: dict[bytes, str] = field(default_factory=dict)
-    taken: list[tuple[int, bytes, bool]] = field(default_factory=list)
-    """(session, content, over TLS) of each message taken."""
+    taken: list[tuple[object, bytes, bool]] = field(default_factory=list)
+    """(connection's client address, content, over TLS) of each message taken."""
     quits: int = 0
     greetings: int = 0
     """EHLOs: one per connection."""
@@ -205,7 +205,9 @@ class Handler:
         # session.ssl is only set after STARTTLS; implicit TLS shows up on the transport.
         transport = server.transport
         tls = transport is not None and transport.get_extra_info("ssl_object") is not None
-        self.taken.append((id(session), content, tls))
+        # The client's address tells connections apart; an object's id can be reused once
+        # the connection's session is gone.
+        self.taken.append((session.peer, content, tls))
         return "250 2.0.0 Queued as 42"
 
     async def handle_QUIT(self, server: SMTP, session: ServerSession, envelope: Envelope) -> str:
