@@ -429,7 +429,7 @@ def wire_bytes(database: Database, sample: int = 50) -> int:
     compare with smtp-source, whose -l counts the body only."""
     columns = [
         getattr(Delivery, name, None) or getattr(DeliveryContent, name)
-        for name in Claimed.__dataclass_fields__
+        for name in Claimed._fields
     ]
     with database.session() as session:
         rows = session.execute(

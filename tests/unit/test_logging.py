@@ -117,8 +117,9 @@ def test_a_release_says_whether_the_transaction_had_begun() -> None:
 
 
 @pytest.fixture
-def offline_worker() -> Worker:
+def offline_worker(monkeypatch: pytest.MonkeyPatch) -> Worker:
     """A worker whose database is a stand-in: `_record` runs without I/O."""
+    monkeypatch.setattr(worker_module.outbox, "record", lambda *_: None)
     settings = Settings(database_url="sqlite://", secret_key=Fernet.generate_key().decode())
     return Worker(MagicMock(), settings, metrics=Metrics())
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import email.policy
-from dataclasses import replace
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -34,7 +33,7 @@ BASE = Claimed(
 
 
 def claimed(**changes: Any) -> Claimed:
-    return replace(BASE, **changes)
+    return BASE._replace(**changes)
 
 
 def parse(data: bytes) -> EmailMessage:
@@ -69,7 +68,7 @@ def test_reply_to_is_set_when_given() -> None:
 
 def test_message_id_is_the_queued_one_on_every_build() -> None:
     first = parse(build_message(BASE, NOW))
-    retry = parse(build_message(replace(BASE, attempts=5), datetime(2024, 5, 2)))
+    retry = parse(build_message(BASE._replace(attempts=5), datetime(2024, 5, 2)))
     assert first["Message-ID"] == retry["Message-ID"] == BASE.message_id
 
 

@@ -17,7 +17,7 @@ import email.policy
 import itertools
 import random
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -56,7 +56,7 @@ ENCODED_WORD = re.compile(rb"=\?[^?]*\?[bBqQ]\?[^?]*\?=")
 
 
 def claimed(**changes: Any) -> Claimed:
-    return replace(BASE, **changes)
+    return BASE._replace(**changes)
 
 
 def parse(data: bytes) -> EmailMessage:
