@@ -9,11 +9,21 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from postyard.db.sqlite_turns import take_turns
+
+BUSY_TIMEOUT_SECONDS = 30
+"""How long a SQLite writer waits for its turn before it fails with "database is locked"."""
+
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_SECONDS}
+        )
         event.listen(engine, "connect", _tune_sqlite)
+        database = engine.url.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            take_turns(engine, database, timeout=BUSY_TIMEOUT_SECONDS)
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
@@ -23,7 +33,7 @@ def _tune_sqlite(connection: Any, _record: Any) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 

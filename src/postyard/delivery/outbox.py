@@ -361,7 +361,15 @@ flight would grow with every crash), then retries that are due, then new mail.""
 def claim(
     session: Session, owner: str, limit: int, now: datetime, lease: timedelta
 ) -> list[Claimed]:
-    """Take up to `limit` due deliveries, counting this as an attempt of each.
+    """Take up to `limit` due deliveries with their contents, in one transaction."""
+    return with_contents(session, lease_due(session, owner, limit, now, lease))
+
+
+def lease_due(
+    session: Session, owner: str, limit: int, now: datetime, lease: timedelta
+) -> list[Row[Any]]:
+    """Lease up to `limit` due deliveries to `owner`, counting this as an attempt of each;
+    `with_contents` makes them `Claimed`.
 
     Due means sending with its lease run out, or queued or deferred with its next attempt
     reached; taken status by status in `CLAIM_ORDER`, oldest first within each. One
@@ -375,20 +383,24 @@ def claim(
         if len(rows) == limit:
             break
         rows += _claim_due(session, status, owner, limit - len(rows), now, lease)
-    contents = _contents(session, [row[0] for row in rows])
-    return [Claimed(*row, *contents.get(row[0], _NO_CONTENT)) for row in rows]
+    return rows
 
 
-def _contents(session: Session, ids: Sequence[int]) -> dict[int, Row[Any]]:
-    """The bodies and headers of the claimed rows, read in one statement."""
-    if not ids:
-        return {}
-    rows = session.connection().execute(
+def with_contents(session: Session, leased: Sequence[Row[Any]]) -> list[Claimed]:
+    """The leased rows with their bodies and headers, read in one statement.
+
+    A worker reads them after its lease is committed, in a transaction of their own: on
+    SQLite the lease's transaction holds the database's one write lock, which fan-out and
+    the other workers wait for, and the contents are a third of a claim's work."""
+    if not leased:
+        return []
+    found = session.connection().execute(
         select(DeliveryContent.delivery_id, *_CONTENT_COLUMNS).where(
-            DeliveryContent.delivery_id.in_(ids)
+            DeliveryContent.delivery_id.in_([row[0] for row in leased])
         )
     )
-    return {row[0]: row[1:] for row in rows}
+    contents = {row[0]: row[1:] for row in found}
+    return [Claimed(*row, *contents.get(row[0], _NO_CONTENT)) for row in leased]
 
 
 def _claim_due(

@@ -477,11 +477,17 @@ class Worker:
 
     def _claim(self) -> list[Claimed]:
         """Claim as of the moment the thread runs: a lease counted from before a wait for a
-        free thread would be partly spent before the batch began."""
+        free thread would be partly spent before the batch began. Should the database fail
+        between the lease and the read of the contents, the rows come back when the lease
+        runs out, as a dead worker's do."""
         with self.database.session() as session:
-            return outbox.claim(
+            leased = outbox.lease_due(
                 session, self.owner, self.settings.worker_batch_size, self.clock(), self.lease
             )
+        if not leased:
+            return []
+        with self.database.session() as session:
+            return outbox.with_contents(session, leased)
 
     def _next_due(self) -> datetime | None:
         with self.database.session() as session:
