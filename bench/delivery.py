@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import uvloop
 from cryptography.fernet import Fernet
 from sqlalchemy import func, select
 
@@ -305,7 +306,7 @@ def drain_here(
     error = None
     try:
         if profile is None:
-            asyncio.run(worker.drain(timeout=timeout))
+            uvloop.run(worker.drain(timeout=timeout))  # the loop `postyard worker` runs
         else:
             _profiled_drain(worker, timeout, profile)
     except TimeoutError as timeout_error:
@@ -366,7 +367,7 @@ def _worker_process(
     cpu_before = cpu_seconds()
     error = None
     try:
-        asyncio.run(worker.drain(timeout=timeout))
+        uvloop.run(worker.drain(timeout=timeout))
     except TimeoutError as timeout_error:
         error = str(timeout_error)
     finally:
@@ -428,8 +429,7 @@ def wire_bytes(database: Database, sample: int = 50) -> int:
     """Average size of a message as the worker puts it on the wire (headers included), to
     compare with smtp-source, whose -l counts the body only."""
     columns = [
-        getattr(Delivery, name, None) or getattr(DeliveryContent, name)
-        for name in Claimed._fields
+        getattr(Delivery, name, None) or getattr(DeliveryContent, name) for name in Claimed._fields
     ]
     with database.session() as session:
         rows = session.execute(
