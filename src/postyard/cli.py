@@ -80,8 +80,21 @@ def _configure_logging(level: int = logging.INFO) -> None:
         handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     else:
         handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(LineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level, handlers=[handler])
+
+
+class LineFormatter(logging.Formatter):
+    """Heads every line of a message, not just the first: the worker logs a batch's
+    outcomes as one record of one line each, and a log collector reads lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        formatted = super().format(record)
+        message = record.message
+        if "\n" not in message or not formatted.endswith(message):
+            return formatted  # one line, or a traceback follows: as it is
+        head = formatted[: len(formatted) - len(message)]
+        return "\n".join(head + line for line in message.split("\n"))
 
 
 @app.command()

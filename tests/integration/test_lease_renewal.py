@@ -182,7 +182,7 @@ def test_a_flush_does_not_take_a_message_it_records_for_one_whose_lease_was_lost
     worker = Worker(database, settings)
 
     async def run() -> set[int]:
-        [finished, unfinished] = await asyncio.to_thread(worker._claim)
+        [finished, unfinished] = await worker._claim()
         now = utcnow()
         outcome = Outcome(finished.id, Status.SENT, now, smtp_response="250 OK", sent_at=now)
         ended = asyncio.create_task(asyncio.sleep(0, Attempt(finished, outcome)))

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import logging
 import shlex
+import sys
 from datetime import datetime
 from unittest.mock import MagicMock
 
 import pytest
 from cryptography.fernet import Fernet
 
+from postyard.cli import LineFormatter
 from postyard.config import Settings
 from postyard.delivery import worker as worker_module
 from postyard.delivery.outbox import Claimed, Outcome
@@ -148,3 +150,39 @@ def test_the_line_is_not_built_when_info_is_off(
     with caplog.at_level(logging.WARNING, logger="postyard.delivery.worker"):
         offline_worker._record([Attempt(claimed(), outcome, server="3")])
     assert caplog.records == []
+
+
+def test_a_batch_s_outcomes_are_one_record_with_a_line_each(
+    offline_worker: Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    sent = Attempt(claimed(), Outcome(42, Status.SENT, NOW, smtp_response="250 ok"))
+    deferred = Attempt(
+        claimed(id=43), Outcome(43, Status.DEFERRED, NOW, last_error="451 try later")
+    )
+    handed_back = Release(claimed(id=44), started=False)
+    with caplog.at_level(logging.INFO, logger="postyard.delivery.worker"):
+        offline_worker._record([sent, deferred], [handed_back])
+    [record] = caplog.records
+    assert record.getMessage().split("\n") == [
+        outcome_line(sent),
+        outcome_line(deferred),
+        release_line(handed_back),
+    ]
+
+
+def test_the_command_line_heads_every_line_of_a_record() -> None:
+    formatter = LineFormatter("%(levelname)s %(name)s: %(message)s")
+    batch = logging.LogRecord(
+        "postyard.delivery.worker", logging.INFO, __file__, 1, "%s", ("a=1\nb=2",), None
+    )
+    assert formatter.format(batch) == (
+        "INFO postyard.delivery.worker: a=1\nINFO postyard.delivery.worker: b=2"
+    )
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        failed = logging.LogRecord(
+            "postyard", logging.ERROR, __file__, 1, "two\nlines", (), sys.exc_info()
+        )
+    formatted = formatter.format(failed)
+    assert formatted.startswith("ERROR postyard: two\nlines\nTraceback")  # a traceback as is

@@ -44,7 +44,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import aiosmtplib
-from sqlalchemy import case, func, select, update
+from sqlalchemy import Row, case, func, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -297,7 +297,7 @@ class Worker:
     async def run_once(self) -> int:
         """Claim one batch and see every message in it to an outcome; returns its size."""
         await self.pools.retire_idle()
-        claimed = await asyncio.to_thread(self._claim)
+        claimed = await self._claim()
         if not claimed:
             return 0
         routes = await self._despite_outages(self._load_routes, claimed)
@@ -475,17 +475,25 @@ class Worker:
             await asyncio.wait(late, timeout=2)
         return cut
 
-    def _claim(self) -> list[Claimed]:
-        """Claim as of the moment the thread runs: a lease counted from before a wait for a
-        free thread would be partly spent before the batch began. Should the database fail
-        between the lease and the read of the contents, the rows come back when the lease
-        runs out, as a dead worker's do."""
-        with self.database.session() as session:
-            leased = outbox.lease_due(
-                session, self.owner, self.settings.worker_batch_size, self.clock(), self.lease
-            )
+    async def _claim(self) -> list[Claimed]:
+        """Lease a batch, then read its contents in a transaction of their own (on SQLite
+        the lease's transaction holds the one write lock). Once rows are leased they are in
+        hand: their contents are read again and again while the database is away, or they
+        would wait out their lease before any worker could send them."""
+        leased = await asyncio.to_thread(self._lease)
         if not leased:
             return []
+        return await self._despite_outages(self._with_contents, leased)
+
+    def _lease(self) -> list[Row[Any]]:
+        """Lease as of the moment the thread runs: a lease counted from before a wait for a
+        free thread would be partly spent before the batch began."""
+        with self.database.session() as session:
+            return outbox.lease_due(
+                session, self.owner, self.settings.worker_batch_size, self.clock(), self.lease
+            )
+
+    def _with_contents(self, leased: Sequence[Row[Any]]) -> list[Claimed]:
         with self.database.session() as session:
             return outbox.with_contents(session, leased)
 
@@ -676,11 +684,11 @@ class Worker:
         )
         if releases:
             self.metrics.released.inc(len(releases))
-        if log.isEnabledFor(logging.INFO):
-            for attempt in attempts:
-                log.info("%s", outcome_line(attempt))
-            for release in releases:
-                log.info("%s", release_line(release))
+        if log.isEnabledFor(logging.INFO) and (attempts or releases):
+            # One record for the batch, a line per outcome: a record per line cost ~15 µs
+            # each, 5 % of a delivery. The command line's formatter heads every line.
+            lines = [outcome_line(a) for a in attempts] + [release_line(r) for r in releases]
+            log.info("%s", "\n".join(lines))
         return held
 
     def _release(self, session: Session, releases: Sequence[Release], now: datetime) -> None:
