@@ -92,7 +92,7 @@ def test_bulk_inserts_store_what_sqlalchemy_stores(database: Database) -> None:
             )
     with database.session() as session:
         rows = outbox_rows(workspace_id, "bulk", now)
-        Bulk(insert(Delivery.__table__), columns=COLUMNS).execute(session.connection(), rows)
+        Bulk(insert(Delivery.__table__)).execute(session.connection(), rows)
         contents.execute(session.connection(), contents_of(rows))
 
     by_sqlalchemy, by_bulk = stored(database, "orm"), stored(database, "bulk")
@@ -144,6 +144,5 @@ def test_a_row_without_a_per_row_value_is_refused_naming_it(database: Database) 
         workspace_id = create_workspace(session, "Acme", Plan.PREMIUM).workspace_id
         row = outbox_rows(workspace_id, "missing", utcnow())[0]
         del row["attempts"]
-        bulk = Bulk(insert(Delivery.__table__), columns=[c for c in COLUMNS if c != "attempts"])
         with pytest.raises(KeyError, match="attempts"):
-            bulk.execute(session.connection(), [row])
+            Bulk(insert(Delivery.__table__)).execute(session.connection(), [row])

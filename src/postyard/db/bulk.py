@@ -75,26 +75,26 @@ def _getter(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ..
 class Bulk:
     """A Core INSERT or UPDATE executed for a list of rows, each a mapping of the statement's
     per-row parameters by name: bound parameters without a value (`bindparam("name")`), or,
-    for `insert(table)` with `columns`, those columns. Columns with a Python-side default
-    must be given too: the default is not run for each row here."""
+    for `insert(table)`, the columns, named by the first row's keys. Columns with a
+    Python-side default must be given too: the default is not run for each row here."""
 
-    def __init__(self, statement: ClauseElement, columns: Sequence[str] | None = None) -> None:
+    def __init__(self, statement: ClauseElement) -> None:
         self.statement = statement
-        self.columns = None if columns is None else list(columns)
-        self._compiled: dict[str, _Compiled] = {}
+        self._compiled: dict[tuple[str, tuple[str, ...]], _Compiled] = {}
 
     def execute(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
         dialect = connection.dialect
-        compiled = self._compiled.get(dialect.name)
+        key = (dialect.name, tuple(rows[0]))
+        compiled = self._compiled.get(key)
         if compiled is None:
-            compiled = self._compiled[dialect.name] = self._compile(dialect)
+            compiled = self._compiled[key] = self._compile(dialect, key[1])
         connection.exec_driver_sql(compiled.sql, compiled.rows(rows))
 
-    def _compile(self, dialect: Dialect) -> _Compiled:
+    def _compile(self, dialect: Dialect, keys: Sequence[str]) -> _Compiled:
         compiled = self.statement.compile(
-            dialect=dialect, column_keys=self.columns, for_executemany=True
+            dialect=dialect, column_keys=list(keys), for_executemany=True
         )
         if compiled.escaped_bind_names:
             raise ValueError("a Bulk statement's parameter names must not need escaping")

@@ -162,25 +162,7 @@ def _row(
     }
 
 
-_ROW_COLUMNS = (
-    "workspace_id",
-    "campaign_type",
-    "campaign_id",
-    "person_id",
-    "to_address",
-    "from_address",
-    "reply_to",
-    "subject",
-    "message_id",
-    "status",
-    "attempts",
-    "next_attempt_at",
-    "expires_at",
-    "last_error",
-    "created_at",
-    "updated_at",
-)
-_INSERT_DELIVERIES = Bulk(insert(Delivery.__table__), columns=_ROW_COLUMNS)
+_INSERT_DELIVERIES = Bulk(insert(Delivery.__table__))
 _INSERT_CONTENTS = Bulk(
     insert(DeliveryContent.__table__).from_select(
         ["delivery_id", "text_body", "html_body", "headers"],
@@ -516,18 +498,7 @@ _RECORD = Bulk(
         | {"lease_owner": None, "updated_at": bindparam("now")}
     )
 )
-_INSERT_ATTEMPTS = Bulk(
-    insert(DeliveryAttempt.__table__),
-    columns=(
-        "delivery_id",
-        "attempted_at",
-        "status",
-        "smtp_server_id",
-        "route_via",
-        "reply_code",
-        "reply",
-    ),
-)
+_INSERT_ATTEMPTS = Bulk(insert(DeliveryAttempt.__table__))
 
 
 def _attempt_row(outcome: Outcome, now: datetime) -> dict[str, object]:
