@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from smtp_sink import SmtpSink
 from postyard.delivery import transaction
 from postyard.delivery.endpoints import Endpoint
 from postyard.delivery.pool import ConnectionPool, Session, close_session
+from postyard.delivery.smtp_pipeline import Pipeline
 from postyard.localsmtp import free_port
 
 LOCALHOST = "127.0.0.1"
@@ -150,6 +152,8 @@ class Handler:
     refuse_sender: dict[str, str] = field(default_factory=dict)
     refuse_recipient: dict[str, str] = field(default_factory=dict)
     refuse_message: dict[bytes, str] = field(default_factory=dict)
+    slow_message: dict[bytes, float] = field(default_factory=dict)
+    """Seconds to wait before answering the final dot of a message with the marker."""
     taken: list[tuple[object, bytes, bool]] = field(default_factory=list)
     """(connection's client address, content, over TLS) of each message taken."""
     quits: int = 0
@@ -199,6 +203,9 @@ class Handler:
 
     async def handle_DATA(self, server: SMTP, session: ServerSession, envelope: Envelope) -> str:
         content = bytes(envelope.original_content or b"")
+        for marker, delay in self.slow_message.items():
+            if marker in content:
+                await asyncio.sleep(delay)
         for marker, reply in self.refuse_message.items():
             if marker in content:
                 return reply
@@ -419,6 +426,184 @@ def test_a_pooled_connection_whose_server_hung_up_is_replaced(start_sink: StartS
 
     assert run(main) == ["lost"] * 3
     assert sorted(sink.message_ids()) == [f"<m{n}@test.invalid>" for n in range(3)]
+
+
+# --- a busy pooled connection: each message opens the next one's transaction -------------
+
+
+async def send_together(
+    pool: ConnectionPool, letters: list[tuple[str, bytes]], cancel: int | None = None
+) -> list[str]:
+    """Send the letters (recipient, message) at once through `pool`, as the worker does:
+    each waits for its turn with its opening. With `cancel`, that letter is cancelled a
+    moment after the first has written its content. Returns each one's outcome."""
+
+    async def send(recipient: str, data: bytes) -> str:
+        addresses = transaction.envelope(SENDER, recipient)
+        try:
+            async with pool.connection(transaction.opening(addresses, data)) as session:
+                reply = await transaction.send_enveloped(session, addresses, data)
+        except aiosmtplib.SMTPRecipientsRefused as refused:
+            return str(refused.recipients[0].code)
+        except aiosmtplib.SMTPResponseException as error:
+            return str(error.code)
+        except aiosmtplib.SMTPServerDisconnected:
+            return "lost"
+        return reply.message
+
+    tasks = [asyncio.create_task(send(*letter)) for letter in letters]
+    if cancel is not None:
+        await asyncio.sleep(0.2)
+        tasks[cancel].cancel()
+    try:
+        done = await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await pool.close()
+    return [
+        "cancelled" if isinstance(result, asyncio.CancelledError) else result for result in done
+    ]
+
+
+def test_the_next_message_opens_before_the_server_answers_the_final_dot() -> None:
+    """One round trip per message: the peer holds back its reply to each final dot until
+    it has heard the next message's MAIL, RCPT and DATA, which only a client that writes
+    them together with the content gets past."""
+    letters = [(f"m{n}@example.com", message(f"m{n}")) for n in range(3)]
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, heard: list[bytes]
+    ) -> None:
+        await read_lines(reader, heard, 3)
+        writer.write(b"250 ok\r\n250 ok\r\n354 go ahead\r\n")
+        for number, (_, data) in enumerate(letters):
+            await read_lines(reader, heard, data.count(b"\n") + 1)
+            if number + 1 < len(letters):
+                await read_lines(reader, heard, 3)
+                writer.write(b"250 taken m%d\r\n250 ok\r\n250 ok\r\n354 go ahead\r\n" % number)
+            else:
+                writer.write(b"250 taken m%d\r\n" % number)
+        await read_lines(reader, heard, 1)
+        writer.write(b"221 bye\r\n")
+
+    outcomes: list[str] = []
+
+    async def client(port: int) -> None:
+        pool = ConnectionPool(pooled_endpoint(port, timeout=2.0), "client.test.invalid")
+        outcomes.extend(await send_together(pool, letters))
+
+    heard = run(lambda: scripted(script, client))
+
+    assert outcomes == ["taken m0", "taken m1", "taken m2"]
+    expected: list[bytes] = []
+    for recipient, data in letters:
+        expected += [
+            b"MAIL FROM:<news@example.com> SIZE=%d\r\n" % len(data),
+            b"RCPT TO:<%s>\r\n" % recipient.encode(),
+            b"DATA\r\n",
+            *data.splitlines(keepends=True),
+            b".\r\n",
+        ]
+    assert heard == [*expected, b"QUIT\r\n"]
+
+
+def test_a_refused_message_does_not_disturb_the_next_one_already_opened() -> None:
+    handler = Handler(refuse_message={b"reject-me": "554 5.7.1 Message refused"})
+    letters = [
+        ("m0@example.com", message("m0")),
+        ("m1@example.com", message("m1", b"reject-me\r\n")),
+        ("m2@example.com", message("m2")),
+        ("m3@example.com", message("m3")),
+    ]
+
+    with aiosmtpd_server(handler) as port:
+        pool = ConnectionPool(pooled_endpoint(port), "client.test.invalid")
+        outcomes = run(lambda: send_together(pool, letters))
+
+    assert outcomes == ["2.0.0 Queued as 42", "554", "2.0.0 Queued as 42", "2.0.0 Queued as 42"]
+    assert [content.split(b"\r\n")[0] for _, content, _ in handler.taken] == [
+        b"Subject: m0",
+        b"Subject: m2",
+        b"Subject: m3",
+    ]
+    assert handler.greetings == 1
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_a_message_cancelled_after_its_opening_went_ahead_is_never_sent(loop: str) -> None:
+    """The worker stops while a message waits for the connection its opening is on: that
+    connection is closed with the transaction half-open, so the server takes nothing for
+    it, and the message after it goes on a new connection, intact."""
+    handler = Handler(slow_message={b"slow": 0.5})
+    letters = [
+        ("m0@example.com", message("m0", b"slow\r\n")),
+        ("m1@example.com", message("m1")),
+        ("m2@example.com", message("m2")),
+    ]
+
+    with aiosmtpd_server(handler) as port:
+        pool = ConnectionPool(pooled_endpoint(port), "client.test.invalid")
+        outcomes = run(lambda: send_together(pool, letters, cancel=1), loop)
+
+    assert outcomes == ["2.0.0 Queued as 42", "cancelled", "2.0.0 Queued as 42"]
+    taken = [content for _, content, _ in handler.taken]
+    assert [content.split(b"\r\n")[0] for content in taken] == [b"Subject: m0", b"Subject: m2"]
+    assert taken[1] == letters[2][1]
+    assert handler.greetings == 2
+
+
+def test_busy_connections_still_carry_only_their_share() -> None:
+    handler = Handler()
+    letters = [(f"m{n}@example.com", message(f"m{n}")) for n in range(5)]
+
+    with aiosmtpd_server(handler) as port:
+        endpoint = pooled_endpoint(port, max_messages_per_connection=2)
+        pool = ConnectionPool(endpoint, "client.test.invalid")
+        outcomes = run(lambda: send_together(pool, letters))
+
+    assert outcomes == ["2.0.0 Queued as 42"] * 5
+    per_connection = Counter(peer for peer, *_ in handler.taken)
+    assert sorted(per_connection.values()) == [1, 2, 2]
+    assert handler.greetings == 3
+    assert handler.quits == 3
+
+
+def test_a_hang_up_after_each_final_dot_loses_no_message_and_doubles_none(
+    start_sink: StartSink,
+) -> None:
+    """The next message's opening dies with the connection; it opens again on a new one."""
+    sink = start_sink("-q", ".")
+    letters = [(f"m{n}@example.com", message(f"m{n}")) for n in range(4)]
+
+    pool = ConnectionPool(pooled_endpoint(sink.port), "client.test.invalid")
+    outcomes = run(lambda: send_together(pool, letters))
+
+    assert outcomes == ["lost"] * 4
+    assert sink.message_ids() == {f"<m{n}@test.invalid>": 1 for n in range(4)}
+
+
+def test_commands_written_while_replies_are_owed_never_go_out() -> None:
+    """Replies owed to commands written earlier would answer the new ones: the connection
+    is out of step and ends before a byte of them is written."""
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, heard: list[bytes]
+    ) -> None:
+        heard.append(await reader.read())  # until the client closes
+
+    results: list[list[aiosmtplib.SMTPResponse]] = []
+
+    async def client(port: int) -> None:
+        session = await open_session(port)
+        session.pipeline = Pipeline.take_over(session.client)
+        results.append(await session.pipeline.exchange(b"NOOP\r\n", 0, then=1))
+        results.append(await session.pipeline.exchange(b"RSET\r\n", 1))
+        assert not session.is_connected
+        await close_session(session)
+
+    heard = run(lambda: scripted(script, client))
+
+    assert results == [[], []]
+    assert heard == [b"NOOP\r\n"]
 
 
 # --- a scripted peer: what real servers do only now and then ------------------------------

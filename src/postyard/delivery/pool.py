@@ -14,6 +14,16 @@ per connection, not per message.
 A message that finishes hands its turn, and its connection when that goes on, straight to the
 first message waiting for one: a busy pool passes each connection from message to message
 without putting it in the idle list, checking it again or waking anyone else.
+
+On a busy pipelined connection that message is known before the one on it has finished:
+while a message writes its content, it takes the first waiting message as the connection's
+next (`Session.next_in_line`) and writes that message's opening commands (MAIL, RCPT, DATA)
+after its final dot, as RFC 2920 allows. Each message then costs one write and one round
+trip instead of two, for the client and the server alike. The next message gets the turn
+and the connection together, with its replies owed (`Session.opened_ahead`). Should the
+connection not go on (lost, refused the session, carried its share, or the next message was
+cancelled meanwhile), it is closed, which ends that half-opened transaction unsent, and the
+next message takes its turn at the head of the line without it.
 """
 
 from __future__ import annotations
@@ -22,9 +32,12 @@ import asyncio
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
+from typing import NamedTuple
 
 import aiosmtplib
 
@@ -65,6 +78,20 @@ def describe_error(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+class Opening(NamedTuple):
+    """What opens a message's transaction: its envelope addresses as MAIL FROM and RCPT TO
+    carry them, and its size. A message waiting for a connection brings it, so that the
+    message before it can write the commands ahead (see the module's docstring)."""
+
+    mail_from: bytes
+    rcpt_to: bytes
+    size: int
+
+
+def _no_one() -> Opening | None:
+    return None
+
+
 @dataclass(eq=False)
 class Session:
     """What the pool lends: aiosmtplib's client, which set the session up (connect, TLS,
@@ -73,6 +100,12 @@ class Session:
 
     client: aiosmtplib.SMTP
     pipeline: Pipeline | None = None
+    opened_ahead: bool = False
+    """The message before this one wrote this one's opening commands after its content:
+    their replies are owed to this one, which must collect them and write none of its own."""
+    next_in_line: Callable[[], Opening | None] = _no_one
+    """Called as a message writes its content: the opening of the message that takes the
+    connection next, now bound to it, or None when none can."""
 
     @property
     def is_connected(self) -> bool:
@@ -88,6 +121,16 @@ class _Connection:
     """The server's connection slot it holds; None for the default relay (no shared limit)."""
     messages: int = 0
     idle_since: float = 0.0
+    successor: _Turn | None = None
+    """The message whose opening went ahead on this connection, which gets it next."""
+
+
+@dataclass(eq=False)
+class _Turn:
+    """A message waiting for a turn, and for the connection that may come with it."""
+
+    future: asyncio.Future[_Connection | None]
+    opening: Opening | None
 
 
 class ConnectionPool:
@@ -99,7 +142,7 @@ class ConnectionPool:
         self._idle: list[_Connection] = []
         self._in_use = 0
         """Messages holding a turn: at most `max_connections`."""
-        self._turns: deque[asyncio.Future[_Connection | None]] = deque()
+        self._turns: deque[_Turn] = deque()
         """Messages waiting for a turn, first come first served; each gets the turn of a
         message that finished, with that message's connection when it goes on."""
         self._waiting = 0
@@ -121,16 +164,17 @@ class ConnectionPool:
     def is_idle(self) -> bool:
         return self._in_use == 0 and time.monotonic() - self.last_used > MAX_IDLE_SECONDS
 
-    def connection(self) -> Lease:
+    def connection(self, opening: Opening | None = None) -> Lease:
         """A connected, authenticated session, at this message's turn under the server's rate;
-        it returns to the pool unless it failed or has carried its share of messages."""
-        return Lease(self)
+        it returns to the pool unless it failed or has carried its share of messages. With
+        the message's `opening`, the message before it may write that ahead."""
+        return Lease(self, opening)
 
-    async def lend(self) -> _Connection:
+    async def lend(self, opening: Opening | None = None) -> _Connection:
         """Wait for a turn, then for a connection and the message's send time."""
         self._waiting += 1
         try:
-            connection = await self._turn()
+            connection = await self._turn(opening)
         except BaseException:
             self._done_waiting()
             raise
@@ -155,33 +199,71 @@ class ConnectionPool:
         refused by a server that went on with the session (after the RSET the connection
         carries the next message), unless it has carried its share; else it is closed."""
         kept = None
+        successor, connection.successor = connection.successor, None
         try:
             if error is None or (isinstance(error, REFUSALS) and not _refused_the_session(error)):
                 connection.messages += 1
-                if self._keeps(connection):
+                if self._keeps(connection) and (successor is None or not successor.future.done()):
                     kept = connection
             if kept is None:
                 await self._close(connection)
         finally:
-            self._pass_turn(kept)
+            if successor is None:
+                self._pass_turn(kept)
+            elif kept is not None:  # its opening is on this connection: both are its own
+                kept.session.opened_ahead = True
+                successor.future.set_result(kept)
+            else:  # first in line all the same, without a connection
+                self._turns.appendleft(successor)
+                self._pass_turn(None)
             self._done_waiting()
 
-    async def _turn(self) -> _Connection | None:
+    def _next_in_line(self, connection: _Connection) -> Opening | None:
+        """The first waiting message, bound to follow on `connection` (see the module's
+        docstring); None when it cannot: the server's rate paces each message, the
+        connection is about to carry its share, or messages that hold a turn wait for a
+        connection (they get the next one that comes back)."""
+        limit = self.endpoint.max_messages_per_connection
+        if (
+            self._pacer is not None
+            or self._returned is not None
+            or (limit is not None and connection.messages + 2 > limit)
+        ):
+            return None
+        turns = self._turns
+        while turns and turns[0].future.done():  # cancelled while waiting
+            turns.popleft()
+        if not turns or turns[0].opening is None:
+            return None
+        connection.successor = turns.popleft()
+        return connection.successor.opening
+
+    async def _turn(self, opening: Opening | None) -> _Connection | None:
         """Wait for a turn; returns the connection that came with it, if one did."""
         if self._in_use < self.endpoint.max_connections and not self._turns:
             self._in_use += 1
             return None
-        turn: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
+        turn = _Turn(asyncio.get_running_loop().create_future(), opening)
         self._turns.append(turn)
         try:
-            return await turn
+            return await turn.future
         except BaseException:
-            if turn.cancelled():
-                with suppress(ValueError):  # `_pass_turn` skipped it already
+            if turn.future.cancelled():
+                with suppress(ValueError):  # taken off the line already
                     self._turns.remove(turn)
             else:  # the turn came just as the wait was cancelled: pass it on
-                self._pass_turn(turn.result())
+                await self._pass_turn_on(turn.future.result())
             raise
+
+    async def _pass_turn_on(self, connection: _Connection | None) -> None:
+        """Pass on a turn that came too late; a connection that holds this message's opening
+        is closed, for it must not carry another message's content."""
+        try:
+            if connection is not None and connection.session.opened_ahead:
+                await self._close(connection)
+                connection = None
+        finally:
+            self._pass_turn(connection)
 
     def _pass_turn(self, connection: _Connection | None) -> None:
         """Give a finished message's turn to the first message waiting for one, with its
@@ -192,8 +274,8 @@ class ConnectionPool:
             connection = None
         while self._turns:
             turn = self._turns.popleft()
-            if not turn.done():
-                turn.set_result(connection)
+            if not turn.future.done():
+                turn.future.set_result(connection)
                 return
         self._in_use -= 1
         self.last_used = time.monotonic()
@@ -295,7 +377,9 @@ class ConnectionPool:
             if isinstance(error, aiosmtplib.SMTPException | OSError | TimeoutError):
                 raise ConnectionFailed(self.endpoint, error) from error
             raise
-        return _Connection(Session(client), slot)
+        connection = _Connection(Session(client), slot)
+        connection.session.next_in_line = partial(self._next_in_line, connection)
+        return connection
 
     async def _close(self, connection: _Connection) -> None:
         """QUIT, then give the slot back: the server counts the connection until it is gone."""
@@ -364,14 +448,15 @@ class Lease:
     """`ConnectionPool.connection()`: a class rather than a generator-based context manager,
     which cost more per message than the rest of taking a connection from a busy pool."""
 
-    __slots__ = ("_connection", "_pool")
+    __slots__ = ("_connection", "_opening", "_pool")
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, opening: Opening | None) -> None:
         self._pool = pool
+        self._opening = opening
         self._connection: _Connection | None = None
 
     async def __aenter__(self) -> Session:
-        self._connection = await self._pool.lend()
+        self._connection = await self._pool.lend(self._opening)
         return self._connection.session
 
     async def __aexit__(

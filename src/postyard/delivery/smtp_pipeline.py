@@ -72,20 +72,39 @@ class Pipeline(asyncio.Protocol):
         return self._failure is None and not self._transport.is_closing()
 
     async def exchange(
-        self, commands: bytes, replies: int, timeout: float | None = None
+        self,
+        commands: bytes,
+        replies: int,
+        timeout: float | None = None,
+        *,
+        then: int = 0,
     ) -> list[aiosmtplib.SMTPResponse]:
         """Write `commands` (whole lines, or message data) and return the `replies` replies
         they get, within the pipeline's timeout (or `timeout`) for all of them together.
+        `then` more replies are owed to commands at the end of `commands` that someone
+        else collects (`collect`): the next message's opening commands, written after this
+        one's content.
 
         When the connection ends, times out or garbles a reply first, returns the replies
         read until then: the caller reads them in order and raises `failure()` where one
         it needs is missing, so a refusal that came before the connection ended is reported
-        as the refusal (as aiosmtplib, which stops at the first refused command, would)."""
+        as the refusal (as aiosmtplib, which stops at the first refused command, would).
+        Commands written while replies are still owed are never sent: those replies would
+        answer them, so the connection is out of step and ends here."""
+        if self._failure is None and self._owed:
+            self._fail(aiosmtplib.SMTPServerDisconnected("Connection out of step: replies owed"))
         if self._failure is not None:
             return []
         self._transport.write(commands)
-        self._owed += replies
-        if len(self._replies) < replies:
+        self._owed += replies + then
+        return await self.collect(replies, timeout)
+
+    async def collect(
+        self, replies: int, timeout: float | None = None
+    ) -> list[aiosmtplib.SMTPResponse]:
+        """The next `replies` replies to commands already written, as `exchange` returns
+        them."""
+        if len(self._replies) < replies and self._failure is None:
             await self._wait(replies, self._timeout if timeout is None else timeout)
         answered = self._replies[:replies]
         del self._replies[:replies]

@@ -16,8 +16,10 @@ code, which `sendmail` drops.
 
 When the server offers PIPELINING (RFC 2920), the session's connection is handed to a
 `Pipeline` after EHLO: MAIL, RCPT and DATA go in one write and the message in a second,
-two round trips instead of four. aiosmtplib's protocol reads one reply per command it
-wrote, so a server without PIPELINING keeps its one-command-at-a-time path.
+two round trips instead of four. On a busy pooled connection the next message's MAIL,
+RCPT and DATA follow this one's final dot in that second write (`Session.next_in_line`):
+one round trip per message. aiosmtplib's protocol reads one reply per command it wrote,
+so a server without PIPELINING keeps its one-command-at-a-time path.
 """
 
 from __future__ import annotations
@@ -31,10 +33,10 @@ import aiosmtplib
 from aiosmtplib.email import parse_address
 from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, normalize_message_line_endings
 
-from postyard.delivery.pool import Session
+from postyard.delivery.pool import Opening, Session
 from postyard.delivery.smtp_pipeline import Pipeline
 
-__all__ = ["Envelope", "envelope", "envelope_address", "send", "send_enveloped"]
+__all__ = ["Envelope", "envelope", "envelope_address", "opening", "send", "send_enveloped"]
 
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~-"
 _DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
@@ -80,6 +82,12 @@ def envelope(sender: str, recipient: str) -> Envelope:
     return Envelope(sender, recipient, _command_address(sender), _command_address(recipient))
 
 
+def opening(addresses: Envelope, message: bytes) -> Opening:
+    """What a message brings to its wait for a connection, so that the message before it
+    on that connection can open its transaction (`pool.Opening`)."""
+    return Opening(addresses.mail_from, addresses.rcpt_to, len(message))
+
+
 def _command_address(mailbox: str) -> bytes:
     address = envelope_address(mailbox)
     if not address.isascii():
@@ -109,21 +117,41 @@ async def send_enveloped(
         if not client.supports_extension("pipelining"):
             return await _send_step_by_step(client, mail_from, rcpt_to, sender, recipient, message)
         pipeline = session.pipeline = Pipeline.take_over(client)
-    size = b" SIZE=%d" % len(message) if session.client.supports_extension("size") else b""
-    commands = b"MAIL FROM:<%s>%s\r\nRCPT TO:<%s>\r\nDATA\r\n" % (mail_from, size, rcpt_to)
-    replies = await pipeline.exchange(commands, 3)
+    if session.opened_ahead:
+        session.opened_ahead = False
+        replies = await pipeline.collect(3)
+    else:
+        replies = await pipeline.exchange(
+            _opening(session, Opening(mail_from, rcpt_to, len(message))), 3
+        )
     try:
         _check_envelope(pipeline, replies, sender, recipient)
     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         await _reset_pipeline(pipeline, data_open=_data_open(replies))
         raise
-    replies = await pipeline.exchange(_data_lines(message), 1)
+    following = session.next_in_line()
+    if following is None:
+        replies = await pipeline.exchange(_data_lines(message), 1)
+    else:
+        data = _data_lines(message) + _opening(session, following)
+        replies = await pipeline.exchange(data, 1, then=3)
     if not replies:
         raise pipeline.failure()
     if replies[0].code != 250:
-        await _reset_pipeline(pipeline, data_open=False)
+        if following is None:  # else the transaction is over all the same (RFC 5321 4.1.1.4)
+            await _reset_pipeline(pipeline, data_open=False)
         raise aiosmtplib.SMTPDataError(replies[0].code, replies[0].message)
     return replies[0]
+
+
+def _opening(session: Session, opening: Opening) -> bytes:
+    """MAIL, RCPT and DATA for one message, to be written in one group."""
+    size = b" SIZE=%d" % opening.size if session.client.supports_extension("size") else b""
+    return b"MAIL FROM:<%s>%s\r\nRCPT TO:<%s>\r\nDATA\r\n" % (
+        opening.mail_from,
+        size,
+        opening.rcpt_to,
+    )
 
 
 def _check_envelope(

@@ -566,8 +566,9 @@ class Worker:
         server_id = endpoint.server_id
         server = server_label(server_id, default_relay=True)
         down: str | None = None
+        opening = transaction.opening(addresses, data)
         try:
-            async with self.pools.for_endpoint(endpoint).connection() as session:
+            async with self.pools.for_endpoint(endpoint).connection(opening) as session:
                 self._transacting.add(delivery.id)
                 began = time.perf_counter()
                 try:
