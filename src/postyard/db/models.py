@@ -158,7 +158,6 @@ class Delivery(Base):
         Index("ix_deliveries_campaign_address", "campaign_id", "to_address"),
         Index("ix_deliveries_person", "workspace_id", "person_id"),
         Index("ix_deliveries_workspace_sent", "workspace_id", "sent_at"),
-        Index("ix_deliveries_message_id", "message_id"),
         NEVER_REUSE_IDS,
     )
 

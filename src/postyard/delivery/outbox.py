@@ -13,7 +13,7 @@ from email.utils import parseaddr
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Engine, Row, bindparam, event, insert, select, update
+from sqlalchemy import Connection, Engine, Row, bindparam, event, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -69,13 +69,7 @@ def enqueue_many(
     if not letters:
         return []
     rows = _rows(session, workspace_id, letters, now, lifetime)
-    _insert(session, rows, letters)
-    message_ids = [row["message_id"] for row in rows]
-    found = session.execute(
-        select(Delivery.message_id, Delivery.id).where(Delivery.message_id.in_(message_ids))
-    )
-    ids = {message_id: delivery_id for message_id, delivery_id in found}
-    return [ids[message_id] for message_id in message_ids]
+    return _insert(session, rows, letters)
 
 
 def enqueue_counted(
@@ -94,26 +88,52 @@ def enqueue_counted(
     return Counter(row["status"] for row in rows)
 
 
-def _insert(session: Session, rows: Sequence[dict[str, object]], letters: Sequence[Letter]) -> None:
-    """Write the outbox rows, then their contents.
+def _insert(
+    session: Session, rows: Sequence[dict[str, object]], letters: Sequence[Letter]
+) -> list[int]:
+    """Write the outbox rows, then their contents; returns the new ids, in the rows' order.
 
-    Each content row finds its outbox row by the Message-ID, which is new and unique for
-    every message: asking for the new ids back cost more than the inserts (SQLAlchemy then
-    inserts one row at a time on SQLite, or builds multi-row statements row by row)."""
+    The ids are known without asking for each one back, which cost more than the inserts
+    (SQLAlchemy then inserts one row at a time on SQLite, or builds multi-row statements
+    row by row): PostgreSQL hands them out from the table's sequence first, and on SQLite
+    the rows take the rowids after the largest, one by one, while this transaction holds
+    the one write lock (`_ids_taken`)."""
     connection = session.connection()
-    _INSERT_DELIVERIES.execute(connection, rows)
+    if connection.dialect.name == "postgresql":
+        ids = list(connection.execute(_NEXT_IDS, {"count": len(rows)}).scalars())
+        _INSERT_DELIVERIES.execute(
+            connection, [row | {"id": id_} for row, id_ in zip(rows, ids, strict=True)]
+        )
+    else:
+        _INSERT_DELIVERIES.execute(connection, rows)
+        ids = _ids_taken(connection, rows)
     _INSERT_CONTENTS.execute(
         connection,
         [
             {
-                "message_id": row["message_id"],
+                "delivery_id": id_,
                 "text_body": letter.text_body,
                 "html_body": letter.html_body,
                 "headers": letter.headers,
             }
-            for row, letter in zip(rows, letters, strict=True)
+            for id_, letter in zip(ids, letters, strict=True)
         ],
     )
+    return ids
+
+
+def _ids_taken(connection: Connection, rows: Sequence[dict[str, object]]) -> list[int]:
+    """The rowids SQLite gave `rows`, just inserted in order: each took the next of the
+    table's AUTOINCREMENT counter, and no other connection can write before this one
+    commits, so they run up to `last_insert_rowid()`. The first and last rows are read back
+    to be sure: a batch whose ids are not what they seem fails whole."""
+    last = connection.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+    first = last - len(rows) + 1
+    ends = select(Delivery.id, Delivery.message_id).where(Delivery.id.in_({first, last}))
+    found = {id_: message_id for id_, message_id in connection.execute(ends)}
+    if (found.get(first), found.get(last)) != (rows[0]["message_id"], rows[-1]["message_id"]):
+        raise RuntimeError("the new outbox rows did not take consecutive rowids")
+    return list(range(first, last + 1))
 
 
 def _rows(
@@ -163,16 +183,9 @@ def _row(
 
 
 _INSERT_DELIVERIES = Bulk(insert(Delivery.__table__))
-_INSERT_CONTENTS = Bulk(
-    insert(DeliveryContent.__table__).from_select(
-        ["delivery_id", "text_body", "html_body", "headers"],
-        select(
-            Delivery.id,
-            bindparam("text_body", type_=DeliveryContent.text_body.type),
-            bindparam("html_body", type_=DeliveryContent.html_body.type),
-            bindparam("headers", type_=DeliveryContent.headers.type),
-        ).where(Delivery.message_id == bindparam("message_id")),
-    )
+_INSERT_CONTENTS = Bulk(insert(DeliveryContent.__table__))
+_NEXT_IDS = text(
+    "SELECT nextval(pg_get_serial_sequence('deliveries', 'id')) FROM generate_series(1, :count)"
 )
 
 
