@@ -83,7 +83,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
         path = tmp_path / "postyard.db"
         shutil.copy(sqlite_template, path)
         return f"sqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_database")
+    return emptied(request.getfixturevalue("postgres_database"))
+
+
+def emptied(url: str) -> str:
+    """The shared PostgreSQL database with every table emptied: what earlier tests left
+    (mail still queued for their servers, say) would otherwise be delivered, or waited for,
+    by the next test's worker."""
     database = Database(url)
     tables = ", ".join(table.name for table in Base.metadata.sorted_tables)
     with database.engine.begin() as connection:
@@ -108,8 +114,7 @@ def module_database_url(
         path = tmp_path_factory.mktemp("module") / "postyard.db"
         shutil.copy(sqlite_template, path)
         return f"sqlite:///{path}"
-    url: str = request.getfixturevalue("postgres_database")
-    return url
+    return emptied(request.getfixturevalue("postgres_database"))
 
 
 @pytest.fixture
