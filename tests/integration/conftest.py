@@ -19,6 +19,13 @@ ApiWithSettings = Callable[..., TestClient]
 
 
 @pytest.fixture
+def workspace_id(database: Database) -> int:
+    """A premium workspace of the test's own, made through the service layer."""
+    with database.session() as session:
+        return create_workspace(session, "Acme", Plan.PREMIUM).workspace_id
+
+
+@pytest.fixture
 def start_smtp() -> Iterator[SmtpFactory]:
     """`start_smtp(name, **LocalSMTPServer options)`: a running server, stopped after the test."""
     started: list[LocalSMTPServer] = []

@@ -65,12 +65,6 @@ def expected(batch: list[Letter]) -> list[tuple[str, str | None, str]]:
     ]
 
 
-@pytest.fixture
-def workspace_id(database: Database) -> int:
-    with database.session() as session:
-        return create_workspace(session, "Acme", Plan.PREMIUM).workspace_id
-
-
 def test_each_queued_letter_gets_its_own_id_and_contents(
     database: Database, workspace_id: int
 ) -> None:

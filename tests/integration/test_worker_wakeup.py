@@ -102,12 +102,6 @@ def test_mail_queued_by_another_process_is_found_by_the_poll(
             other.dispose()
 
 
-@pytest.fixture
-def workspace_id(database: Database) -> int:
-    with database.session() as session:
-        return create_workspace(session, "Acme", Plan.PREMIUM).workspace_id
-
-
 def test_a_commit_that_queued_mail_calls_the_engines_callbacks_once(
     database: Database, workspace_id: int
 ) -> None:
