@@ -96,8 +96,8 @@ def _insert(
     The ids are known without asking for each one back, which cost more than the inserts
     (SQLAlchemy then inserts one row at a time on SQLite, or builds multi-row statements
     row by row): PostgreSQL hands them out from the table's sequence first, and on SQLite
-    the rows take the rowids after the largest, one by one, while this transaction holds
-    the one write lock (`_ids_taken`)."""
+    the rows take the next values of the table's AUTOINCREMENT counter, one by one, while
+    this transaction holds the one write lock (`_ids_taken`)."""
     connection = session.connection()
     if connection.dialect.name == "postgresql":
         ids = list(connection.execute(_NEXT_IDS, {"count": len(rows)}).scalars())
