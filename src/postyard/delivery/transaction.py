@@ -43,6 +43,8 @@ _DOT_ATOM = rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*"
 # A bare ASCII addr-spec needs no parsing: it is its own envelope address.
 _BARE_ADDRESS = re.compile(rf"{_DOT_ATOM}@{_DOT_ATOM}")
 _ACCEPTED_RCPT = frozenset({250, 251})
+_OPENING_REPLIES = 3
+"""MAIL, RCPT and DATA: the replies that answer a message's opening."""
 _START_INPUT = 354
 
 
@@ -119,22 +121,24 @@ async def send_enveloped(
         pipeline = session.pipeline = Pipeline.take_over(client)
     if session.opened_ahead:
         session.opened_ahead = False
-        replies = await pipeline.collect(3)
+        replies = await pipeline.collect(_OPENING_REPLIES)
     else:
         replies = await pipeline.exchange(
-            _opening(session, Opening(mail_from, rcpt_to, len(message))), 3
+            _opening(session, opening(addresses, message)), _OPENING_REPLIES
         )
     try:
         _check_envelope(pipeline, replies, sender, recipient)
     except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
         await _reset_pipeline(pipeline, data_open=_data_open(replies))
         raise
+    data = _data_lines(message)
     following = session.next_in_line()
     if following is None:
-        replies = await pipeline.exchange(_data_lines(message), 1)
+        replies = await pipeline.exchange(data, 1)
     else:
-        data = _data_lines(message) + _opening(session, following)
-        replies = await pipeline.exchange(data, 1, then=3)
+        replies = await pipeline.exchange(
+            data + _opening(session, following), 1, then=_OPENING_REPLIES
+        )
     if not replies:
         raise pipeline.failure()
     if replies[0].code != 250:
